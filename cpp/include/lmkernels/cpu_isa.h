@@ -1,0 +1,39 @@
+// Run-time choice of the CPU kernel path.
+//
+// Each kernel is compiled several times in per-ISA translation units (`*_scalar.cpp`,
+// `*_avx2.cpp`, `*_avx512.cpp`, see cmake/cpu_isa.cmake). The dispatcher asks `active_isa()`
+// which one to call. The answer is the best path this CPU supports, unless
+// LMKERNELS_CPU_ISA=scalar|avx2|avx512 in the environment or `set_isa_override()` (exposed
+// to Python as `lmkernels.set_cpu_isa`) asks for a lower one, which is how the tests cover
+// every path on one machine.
+//
+// Rule for ISA translation units: include no torch header and instantiate no std container
+// or other inline template there. Inline functions are merged across translation units by
+// the linker, and an AVX-512 copy could end up called from the scalar path. Shared math
+// headers use LMK_INLINE (internal linkage) for the same reason.
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace lmkernels {
+
+enum class CpuIsa : int { kScalar = 0, kAvx2 = 1, kAvx512 = 2 };
+
+// Best path the CPU (and OS) supports; computed once.
+CpuIsa best_supported_isa();
+// Path kernels use now: the override if any, else LMKERNELS_CPU_ISA, else the best.
+CpuIsa active_isa();
+// Force a path for this process; throws if the CPU lacks it. Reset with `clear_isa_override`.
+void set_isa_override(CpuIsa isa);
+void clear_isa_override();
+
+const char* isa_name(CpuIsa isa);
+// Parses "scalar", "avx2", "avx512"; throws std::invalid_argument naming the value.
+CpuIsa parse_isa(const std::string& name);
+// Every path this machine can run, lowest first.
+std::vector<CpuIsa> supported_isas();
+// Individual features, for kernels with optional extras (e.g. "avx512_vnni").
+bool cpu_has_feature(const std::string& feature);
+
+}  // namespace lmkernels

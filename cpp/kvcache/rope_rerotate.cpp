@@ -1,0 +1,112 @@
+// rope_rerotate_ on CPU: argument checks, threading, and the choice of ISA kernel.
+#include "rope_rerotate.h"
+
+#include <ATen/MemoryOverlap.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <vector>
+
+#include "lmkernels/cpu_isa.h"
+#include "lmkernels/rope.h"
+#include "rope_rerotate_kernel.h"
+
+namespace lmkernels {
+
+void check_rope_rerotate_args(const at::Tensor& k, const at::Tensor& old_pos,
+                              const at::Tensor& new_pos, const at::Tensor& inv_freq) {
+  TORCH_CHECK(k.dim() == 4, "rope_rerotate_: k must be [batch, tokens, heads, head_dim], got ",
+              k.sizes());
+  const auto dtype = k.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf,
+              "rope_rerotate_: k must be float32, bfloat16 or float16, got ", dtype);
+  TORCH_CHECK(k.size(3) <= 1 || k.stride(3) == 1,
+              "rope_rerotate_: k must have unit stride on head_dim, got strides ", k.strides());
+  TORCH_CHECK(at::has_internal_overlap(k) != at::MemOverlap::Yes,
+              "rope_rerotate_: k must not have overlapping elements (e.g. an expanded view)");
+  const at::IntArrayRef rows = k.sizes().slice(0, 2);
+  for (const auto* pos : {&old_pos, &new_pos}) {
+    const char* name = pos == &old_pos ? "old_pos" : "new_pos";
+    TORCH_CHECK(pos->scalar_type() == at::kLong, "rope_rerotate_: ", name,
+                " must be int64, got ", pos->scalar_type());
+    TORCH_CHECK(pos->sizes() == rows, "rope_rerotate_: ", name, " must be [batch, tokens] = ",
+                rows, ", got ", pos->sizes());
+    TORCH_CHECK(pos->is_contiguous(), "rope_rerotate_: ", name, " must be contiguous");
+    TORCH_CHECK(pos->device() == k.device(), "rope_rerotate_: ", name, " is on ", pos->device(),
+                " but k is on ", k.device());
+  }
+  TORCH_CHECK(inv_freq.dim() == 1 && inv_freq.scalar_type() == at::kFloat &&
+                  inv_freq.is_contiguous(),
+              "rope_rerotate_: inv_freq must be a contiguous 1-D float32 tensor, got ",
+              inv_freq.scalar_type(), " of shape ", inv_freq.sizes());
+  TORCH_CHECK(inv_freq.device() == k.device(), "rope_rerotate_: inv_freq is on ",
+              inv_freq.device(), " but k is on ", k.device());
+  TORCH_CHECK(inv_freq.numel() >= 1 && 2 * inv_freq.numel() <= k.size(3),
+              "rope_rerotate_: inv_freq must have between 1 and head_dim / 2 = ", k.size(3) / 2,
+              " entries (rotary_dim / 2), got ", inv_freq.numel());
+}
+
+namespace {
+
+StorageDtype storage_dtype(at::ScalarType t) {
+  switch (t) {
+    case at::kBFloat16:
+      return StorageDtype::kBFloat16;
+    case at::kHalf:
+      return StorageDtype::kFloat16;
+    default:
+      return StorageDtype::kFloat32;
+  }
+}
+
+using RowsKernel = void (*)(const RopeRerotateArgs&, int64_t, int64_t, float*);
+
+RowsKernel pick_kernel() {
+  switch (active_isa()) {
+#ifndef LMKERNELS_NO_X86_SIMD
+    case CpuIsa::kAvx512:
+      return rope_rerotate_rows_avx512;
+    case CpuIsa::kAvx2:
+      return rope_rerotate_rows_avx2;
+#endif
+    default:
+      return rope_rerotate_rows_scalar;
+  }
+}
+
+void rope_rerotate_cpu(at::Tensor k, const at::Tensor& old_pos, const at::Tensor& new_pos,
+                       const at::Tensor& inv_freq, bool neox) {
+  check_rope_rerotate_args(k, old_pos, new_pos, inv_freq);
+  if (k.numel() == 0) return;
+
+  RopeRerotateArgs args{};
+  args.k = k.data_ptr();
+  args.dtype = storage_dtype(k.scalar_type());
+  args.batch = k.size(0);
+  args.tokens = k.size(1);
+  args.heads = k.size(2);
+  args.head_dim = k.size(3);
+  args.stride_batch = k.stride(0);
+  args.stride_token = k.stride(1);
+  args.stride_head = k.stride(2);
+  args.old_pos = old_pos.data_ptr<int64_t>();
+  args.new_pos = new_pos.data_ptr<int64_t>();
+  args.inv_freq = inv_freq.data_ptr<float>();
+  args.rotary_dim = static_cast<int>(2 * inv_freq.numel());
+  args.neox = neox;
+
+  const RowsKernel kernel = pick_kernel();
+  const int64_t rows = args.batch * args.tokens;
+  // About 32k values a task: enough to amortise a table refill and the task start.
+  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, args.heads * args.rotary_dim));
+  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+    std::vector<float> table(rope::delta_table_floats(args.rotary_dim));
+    kernel(args, begin, end, table.data());
+  });
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(lmkernels, CPU, m) { m.impl("rope_rerotate_", &rope_rerotate_cpu); }
+
+}  // namespace lmkernels

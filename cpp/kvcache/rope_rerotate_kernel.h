@@ -1,0 +1,32 @@
+// Plain-data interface between the rope_rerotate_ dispatcher and its per-ISA kernels.
+// No torch types here: the ISA translation units must not include torch headers.
+#pragma once
+
+#include <cstdint>
+
+#include "lmkernels/dtype.h"
+
+namespace lmkernels {
+
+struct RopeRerotateArgs {
+  void* k;  // batch x tokens x heads x head_dim, any strides but unit stride on head_dim
+  StorageDtype dtype;
+  int64_t batch, tokens, heads, head_dim;
+  int64_t stride_batch, stride_token, stride_head;  // in elements
+  const int64_t* old_pos;  // batch x tokens, contiguous
+  const int64_t* new_pos;  // batch x tokens, contiguous
+  const float* inv_freq;   // rotary_dim / 2
+  int rotary_dim;
+  bool neox;
+};
+
+// Each rotates flattened (batch * tokens) rows [begin, end). `table` holds
+// rope::delta_table_floats(rotary_dim) floats of scratch owned by the caller's thread.
+void rope_rerotate_rows_scalar(const RopeRerotateArgs& args, int64_t begin, int64_t end,
+                               float* table);
+void rope_rerotate_rows_avx2(const RopeRerotateArgs& args, int64_t begin, int64_t end,
+                             float* table);
+void rope_rerotate_rows_avx512(const RopeRerotateArgs& args, int64_t begin, int64_t end,
+                               float* table);
+
+}  // namespace lmkernels

@@ -1,0 +1,36 @@
+// Every op schema of lmkernels, one comment line each, and the Python module (_C).
+#include <nanobind/nanobind.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/vector.h>
+#include <torch/library.h>
+
+#include "lmkernels/cpu_isa.h"
+
+TORCH_LIBRARY(lmkernels, m) {
+  // Rotate cached keys in place from old_pos to new_pos; k: [batch, tokens, heads, head_dim].
+  m.def("rope_rerotate_(Tensor(a!) k, Tensor old_pos, Tensor new_pos, Tensor inv_freq, bool neox) -> ()");
+}
+
+namespace nb = nanobind;
+
+NB_MODULE(_C, m) {
+  using namespace lmkernels;
+  m.doc() = "lmkernels native module: registers torch.ops.lmkernels and the stateful classes";
+  m.attr("torch_version") = LMKERNELS_TORCH_VERSION;
+#ifdef LMKERNELS_WITH_CUDA
+  m.attr("built_with_cuda") = true;
+#else
+  m.attr("built_with_cuda") = false;
+#endif
+  m.def("cpu_isa", [] { return std::string(isa_name(active_isa())); },
+        "The CPU kernel path in use: 'scalar', 'avx2' or 'avx512'.");
+  m.def("best_cpu_isa", [] { return std::string(isa_name(best_supported_isa())); });
+  m.def("supported_cpu_isas", [] {
+    std::vector<std::string> names;
+    for (CpuIsa isa : supported_isas()) names.emplace_back(isa_name(isa));
+    return names;
+  });
+  m.def("set_cpu_isa", [](const std::string& name) { set_isa_override(parse_isa(name)); });
+  m.def("clear_cpu_isa", &clear_isa_override);
+  m.def("cpu_has_feature", &cpu_has_feature);
+}

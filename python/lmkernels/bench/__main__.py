@@ -1,0 +1,46 @@
+"""Command line: `python -m lmkernels.bench [core ...] [--quick] [--json PATH] [--out DIR]`."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+
+from .harness import environment, format_table, write_json
+
+# core name -> module under lmkernels.bench
+CORES = {"rope": "rope"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lmkernels.bench", description=__doc__)
+    parser.add_argument("cores", nargs="*", help=f"cores to run (default: all of {sorted(CORES)})")
+    parser.add_argument("--quick", action="store_true", help="fewer cases and shorter timing (CI)")
+    parser.add_argument("--out", type=Path, default=Path("bench/results"),
+                        help="folder for per-core JSON and plots (default: bench/results)")
+    parser.add_argument("--json", type=Path, default=None,
+                        help="also write every core's results into this one JSON file")
+    args = parser.parse_args(argv)
+    unknown = [c for c in args.cores if c not in CORES]
+    if unknown:
+        parser.error(f"unknown core(s) {unknown}; choose from {sorted(CORES)}")
+
+    env = environment()
+    print(f"lmkernels bench: torch {env['torch']}, cpu path {env['cpu_isa']}, "
+          f"{env['threads']} threads, {env['processor']}")
+    all_rows = {}
+    for core in args.cores or list(CORES):
+        module = importlib.import_module(f"lmkernels.bench.{CORES[core]}")
+        rows = module.run(quick=args.quick, out_dir=args.out)
+        all_rows[core] = rows
+        print(f"\n## {core}\n\n{format_table(rows)}")
+        suffix = "_quick" if args.quick else ""
+        write_json(args.out / f"{core}{suffix}.json", {core: rows}, args.quick)
+    if args.json:
+        write_json(args.json, all_rows, args.quick)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""Timing and reporting shared by every core's benchmark."""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+
+@dataclass
+class Row:
+    """One timed implementation on one case. `ratio` is baseline time / this time (>1: faster)."""
+
+    core: str
+    case: str
+    impl: str
+    median_ms: float
+    iqr_ms: float
+    repeats: int
+    baseline: str | None = None
+    ratio: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def measure(fn: Callable[[], Any], *, quick: bool, device: str = "cpu",
+            min_time_s: float | None = None, max_repeats: int = 200) -> tuple[float, float, int]:
+    """Median and inter-quartile range (milliseconds) of `fn()`, after warm-up.
+
+    Repeats until `min_time_s` of samples (0.3 s quick, 1.5 s full) or `max_repeats`; at
+    least 5 samples. The machine is noisy, so medians, never means.
+    """
+    min_time_s = (0.3 if quick else 1.5) if min_time_s is None else min_time_s
+    for _ in range(2):
+        fn()
+    _sync(device)
+    samples: list[float] = []
+    start = time.perf_counter()
+    while len(samples) < 5 or (time.perf_counter() - start < min_time_s and len(samples) < max_repeats):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        samples.append((time.perf_counter() - t0) * 1e3)
+    q = statistics.quantiles(samples, n=4) if len(samples) >= 4 else [samples[0]] * 3
+    return statistics.median(samples), q[2] - q[0], len(samples)
+
+
+def compare(core: str, case: str, impls: dict[str, Callable[[], Any]], *, baseline: str,
+            quick: bool, device: str = "cpu",
+            extra: Callable[[str, float], dict[str, Any]] | None = None) -> list[Row]:
+    """Time every impl of one case in interleaved rounds, so drift and noise hit all alike."""
+    min_time_s = 0.3 if quick else 1.5
+    for fn in impls.values():
+        fn()
+        fn()
+    _sync(device)
+    samples: dict[str, list[float]] = {name: [] for name in impls}
+    start = time.perf_counter()
+    rounds = 0
+    while rounds < 5 or (time.perf_counter() - start < min_time_s * len(impls) and rounds < 200):
+        for name, fn in impls.items():
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            samples[name].append((time.perf_counter() - t0) * 1e3)
+        rounds += 1
+    rows = []
+    for name, times in samples.items():
+        q = statistics.quantiles(times, n=4)
+        median = statistics.median(times)
+        rows.append(Row(core, case, name, median, q[2] - q[0], len(times), baseline=baseline,
+                        extra=extra(name, median) if extra else {}))
+    base = next(r.median_ms for r in rows if r.impl == baseline)
+    for r in rows:
+        r.ratio = base / r.median_ms
+    return rows
+
+
+def environment() -> dict[str, Any]:
+    import lmkernels
+
+    return {
+        "torch": torch.__version__,
+        "lmkernels": lmkernels.__version__,
+        "cpu_isa": lmkernels.cpu_isa(),
+        "threads": torch.get_num_threads(),
+        "machine": platform.machine(),
+        "processor": _cpu_model(),
+        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def format_table(rows: list[Row]) -> str:
+    """A Markdown table: case, impl, median, IQR, speed-up over the case's baseline, extras."""
+    extra_keys: list[str] = []
+    for r in rows:
+        extra_keys += [k for k in r.extra if k not in extra_keys]
+    header = ["case", "impl", "median ms", "IQR ms", "speed-up"] + extra_keys
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in rows:
+        ratio = "baseline" if r.impl == r.baseline else f"{r.ratio:.2f}x"
+        cells = [r.case, r.impl, f"{r.median_ms:.3f}", f"{r.iqr_ms:.3f}", ratio]
+        cells += [_fmt(r.extra.get(k, "")) for k in extra_keys]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def write_json(path: Path, core_rows: dict[str, list[Row]], quick: bool) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "environment": environment(),
+        "quick": quick,
+        "results": {core: [asdict(r) for r in rows] for core, rows in core_rows.items()},
+    }
+    path.write_text(json.dumps(payload, indent=1) + "\n")
