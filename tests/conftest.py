@@ -27,3 +27,16 @@ def isa(request):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Report how many fuzz cases ran per op, and how many were valid vs rejected."""
+    try:
+        from fuzz import OUTCOMES
+    except ImportError:
+        return
+    if OUTCOMES:
+        terminalreporter.section("fuzz cases per op")
+        for op, counts in sorted(OUTCOMES.items()):
+            total = sum(counts.values())
+            terminalreporter.write_line(f"{op}: {total} cases ({counts['ok']} valid, {counts['error']} rejected)")

@@ -15,12 +15,11 @@
 
 namespace lmkernels::rope {
 
-// delta * inv_freq reduced to [-pi, pi], in double: at position deltas of 1e5 the raw angle
-// is ~1e5 rad, where fp32 would keep only ~4e-3 rad of it.
+// The rotation angle of a shift by `delta` positions, in double: a shift of 1e5 positions is
+// ~1e5 rad, where fp32 would keep only ~4e-3 rad. No reduction by 2*pi here: libm's and
+// CUDA's sin/cos reduce exactly for any magnitude, a hand-written reduction does not.
 LMK_INLINE LMK_HOST_DEVICE double delta_angle(int64_t delta, float inv_freq) {
-  const double two_pi = 6.283185307179586476925286766559;
-  const double angle = static_cast<double>(delta) * static_cast<double>(inv_freq);
-  return angle - two_pi * nearbyint(angle / two_pi);
+  return static_cast<double>(delta) * static_cast<double>(inv_freq);
 }
 
 // (x, y) <- (x c - y s, y c + x s). The fma and its operand order are fixed here and copied

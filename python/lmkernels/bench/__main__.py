@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n## {core}\n\n{format_table(rows)}")
         suffix = "_quick" if args.quick else ""
         write_json(args.out / f"{core}{suffix}.json", {core: rows}, args.quick)
+        (args.out / f"{core}{suffix}.md").write_text(format_table(rows) + "\n")
     if args.json:
         write_json(args.json, all_rows, args.quick)
     return 0

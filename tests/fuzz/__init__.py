@@ -1,0 +1,32 @@
+"""Fuzzers for every public op: `FUZZERS[op_name]` is a hypothesis-driven test body.
+
+Each fuzzer draws arbitrary (often invalid) arguments and checks that the op either returns
+the reference result or raises a clear Python exception naming the op; never a crash, a
+hang, or a silent wrong answer. For valid draws it also checks invariance across CPU paths,
+thread counts and memory layouts.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Callable
+
+# op name -> fuzz body taking hypothesis' `data` object
+FUZZERS: dict[str, Callable] = {}
+# op name -> Counter of outcomes ("ok", "error"), reported at the end of the run
+OUTCOMES: dict[str, Counter] = {}
+
+
+def fuzzer(op_name: str):
+    def register(fn: Callable) -> Callable:
+        FUZZERS[op_name] = fn
+        return fn
+
+    return register
+
+
+def record(op_name: str, outcome: str) -> None:
+    OUTCOMES.setdefault(op_name, Counter())[outcome] += 1
+
+
+from . import rope  # noqa: E402,F401  (registers)
