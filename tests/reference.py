@@ -33,3 +33,31 @@ def rope_rerotate(k: torch.Tensor, old_pos: torch.Tensor, new_pos: torch.Tensor,
                   inv_freq: torch.Tensor, neox: bool) -> torch.Tensor:
     """Reference for lmkernels.rope_rerotate_ on [batch, tokens, heads, head_dim] (not in place)."""
     return apply_rope(k, new_pos - old_pos, inv_freq, neox).to(k.dtype)
+
+
+def varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, causal=True, scale=None):
+    """Per-sequence float64 softmax attention; returns (out in q.dtype, lse float32).
+
+    Causal masking is aligned at the bottom right (query i sees keys j <= i + len_k - len_q);
+    rows that see no key give 0 and lse -inf.
+    """
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    group = q.shape[1] // k.shape[1]
+    outs, lses = [], []
+    cu_q, cu_k = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
+    for b in range(len(cu_q) - 1):
+        qs = q[cu_q[b]:cu_q[b + 1]].transpose(0, 1).double()
+        ks = k[cu_k[b]:cu_k[b + 1]].transpose(0, 1).double().repeat_interleave(group, 0)
+        vs = v[cu_k[b]:cu_k[b + 1]].transpose(0, 1).double().repeat_interleave(group, 0)
+        s = qs @ ks.transpose(1, 2) * scale
+        if causal:
+            len_q, len_k = qs.shape[1], ks.shape[1]
+            hidden = torch.arange(len_k)[None, :] > torch.arange(len_q)[:, None] + (len_k - len_q)
+            s = s.masked_fill(hidden, float("-inf"))
+        lse = torch.logsumexp(s, -1)
+        p = torch.exp(s - lse[..., None]).nan_to_num(0.0)
+        outs.append((p @ vs).transpose(0, 1))
+        lses.append(lse.transpose(0, 1))
+    if not outs:
+        return q.new_empty(q.shape), torch.empty(0, q.shape[1])
+    return torch.cat(outs).to(q.dtype), torch.cat(lses).float()

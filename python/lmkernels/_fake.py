@@ -8,3 +8,10 @@ import torch
 @torch.library.register_fake("lmkernels::rope_rerotate_")
 def _rope_rerotate_fake(k, old_pos, new_pos, inv_freq, neox):
     return None
+
+
+@torch.library.register_fake("lmkernels::varlen_attention")
+def _varlen_attention_fake(q, k, v, cu_seqlens_q, cu_seqlens_k, causal, scale, return_lse):
+    out = q.new_empty(q.shape)
+    lse = q.new_empty((q.shape[0] if return_lse else 0, q.shape[1]), dtype=torch.float32)
+    return out, lse

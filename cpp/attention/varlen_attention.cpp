@@ -1,0 +1,173 @@
+// varlen_attention on CPU: checks, the varlen-causal schedule, threads, ISA choice.
+#include "attention/varlen_attention.h"
+
+#include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+
+#include "attention/engine.h"
+#include "lmkernels/cpu_isa.h"
+
+namespace lmkernels::attention {
+
+namespace {
+
+std::vector<int64_t> read_cu_seqlens(const at::Tensor& cu, const char* name, int64_t total) {
+  TORCH_CHECK(cu.dim() == 1 && cu.numel() >= 1, "varlen_attention: ", name,
+              " must be a 1-D tensor [batch + 1], got shape ", cu.sizes());
+  TORCH_CHECK(cu.scalar_type() == at::kInt || cu.scalar_type() == at::kLong, "varlen_attention: ",
+              name, " must be int32 or int64, got ", cu.scalar_type());
+  const at::Tensor host = cu.to(at::kCPU).to(at::kLong).contiguous();
+  std::vector<int64_t> out(host.data_ptr<int64_t>(), host.data_ptr<int64_t>() + host.numel());
+  TORCH_CHECK(out.front() == 0, "varlen_attention: ", name, " must start at 0, got ", out.front());
+  for (size_t i = 1; i < out.size(); ++i) {
+    TORCH_CHECK(out[i] >= out[i - 1], "varlen_attention: ", name,
+                " must be non-decreasing, but entry ", i, " (", out[i], ") < entry ", i - 1, " (",
+                out[i - 1], ")");
+  }
+  TORCH_CHECK(out.back() == total, "varlen_attention: ", name, " must end at the token count ",
+              total, ", got ", out.back());
+  return out;
+}
+
+}  // namespace
+
+std::pair<std::vector<int64_t>, std::vector<int64_t>> check_varlen_args(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& cu_seqlens_q,
+    const at::Tensor& cu_seqlens_k, double scale) {
+  TORCH_CHECK(q.dim() == 3, "varlen_attention: q must be [total_q, heads_q, head_dim], got ", q.sizes());
+  TORCH_CHECK(k.dim() == 3, "varlen_attention: k must be [total_k, heads_kv, head_dim], got ", k.sizes());
+  TORCH_CHECK(v.sizes() == k.sizes(), "varlen_attention: v must have k's shape ", k.sizes(), ", got ",
+              v.sizes());
+  const auto dtype = q.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf,
+              "varlen_attention: q must be float32, bfloat16 or float16, got ", dtype);
+  TORCH_CHECK(k.scalar_type() == dtype && v.scalar_type() == dtype,
+              "varlen_attention: q, k and v must share a dtype, got ", dtype, ", ", k.scalar_type(),
+              ", ", v.scalar_type());
+  TORCH_CHECK(k.device() == q.device() && v.device() == q.device(),
+              "varlen_attention: q, k and v must be on one device, got ", q.device(), ", ",
+              k.device(), ", ", v.device());
+  TORCH_CHECK(k.size(2) == q.size(2), "varlen_attention: k has head_dim ", k.size(2), " but q has ",
+              q.size(2));
+  TORCH_CHECK(q.size(2) >= 1 && q.size(2) <= 512, "varlen_attention: head_dim must be in [1, 512], got ",
+              q.size(2));
+  TORCH_CHECK(k.size(1) >= 1 && q.size(1) >= 1 && q.size(1) % k.size(1) == 0,
+              "varlen_attention: heads_q (", q.size(1), ") must be a positive multiple of heads_kv (",
+              k.size(1), ")");
+  for (const auto* t : {&q, &k, &v}) {
+    const char* name = t == &q ? "q" : (t == &k ? "k" : "v");
+    TORCH_CHECK(t->size(2) <= 1 || t->stride(2) == 1, "varlen_attention: ", name,
+                " must have unit stride on head_dim, got strides ", t->strides());
+  }
+  TORCH_CHECK(std::isfinite(scale), "varlen_attention: scale must be finite, got ", scale);
+  auto cu_q = read_cu_seqlens(cu_seqlens_q, "cu_seqlens_q", q.size(0));
+  auto cu_k = read_cu_seqlens(cu_seqlens_k, "cu_seqlens_k", k.size(0));
+  TORCH_CHECK(cu_q.size() == cu_k.size(), "varlen_attention: cu_seqlens_q has ", cu_q.size(),
+              " entries but cu_seqlens_k has ", cu_k.size(), " (both must be batch + 1)");
+  return {std::move(cu_q), std::move(cu_k)};
+}
+
+namespace {
+
+using ItemKernel = void (*)(const Args&, const WorkItem&, float*);
+
+ItemKernel pick_kernel() {
+  switch (active_isa()) {
+#ifndef LMKERNELS_NO_X86_SIMD
+    case CpuIsa::kAvx512:
+      return run_item_avx512;
+    case CpuIsa::kAvx2:
+      return run_item_avx2;
+#endif
+    default:
+      return run_item_scalar;
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> varlen_attention_cpu(const at::Tensor& q, const at::Tensor& k,
+                                                        const at::Tensor& v,
+                                                        const at::Tensor& cu_seqlens_q,
+                                                        const at::Tensor& cu_seqlens_k, bool causal,
+                                                        double scale, bool return_lse) {
+  auto [cu_q, cu_k] = check_varlen_args(q, k, v, cu_seqlens_q, cu_seqlens_k, scale);
+  const int64_t total_q = q.size(0), heads_q = q.size(1), heads_kv = k.size(1), dim = q.size(2);
+  at::Tensor out = at::empty({total_q, heads_q, dim}, q.options());
+  at::Tensor lse = at::empty({return_lse ? total_q : 0, heads_q}, q.options().dtype(at::kFloat));
+  if (total_q == 0) return {out, lse};
+
+  Args args{};
+  args.q = q.data_ptr();
+  args.k = k.data_ptr();
+  args.v = v.data_ptr();
+  args.out = out.data_ptr();
+  args.lse = return_lse ? lse.data_ptr<float>() : nullptr;
+  args.dtype = q.scalar_type() == at::kFloat      ? StorageDtype::kFloat32
+               : q.scalar_type() == at::kBFloat16 ? StorageDtype::kBFloat16
+                                                  : StorageDtype::kFloat16;
+  args.q_stride_token = q.stride(0);
+  args.q_stride_head = q.stride(1);
+  args.k_stride_token = k.stride(0);
+  args.k_stride_head = k.stride(1);
+  args.v_stride_token = v.stride(0);
+  args.v_stride_head = v.stride(1);
+  args.out_stride_token = out.stride(0);
+  args.out_stride_head = out.stride(1);
+  args.cu_seqlens_q = cu_q.data();
+  args.cu_seqlens_k = cu_k.data();
+  args.heads_q = heads_q;
+  args.heads_kv = heads_kv;
+  args.head_dim = dim;
+  args.causal = causal;
+  args.scale = static_cast<float>(scale);
+
+  // Varlen-causal schedule: one key span per item, up to the item's last visible key.
+  const int64_t group = heads_q / heads_kv;
+  const int64_t step = positions_per_item(group);
+  std::vector<WorkItem> items;
+  std::vector<KeySpan> spans;
+  std::vector<int64_t> cost;
+  const int64_t batch = static_cast<int64_t>(cu_q.size()) - 1;
+  for (int64_t b = 0; b < batch; ++b) {
+    const int64_t len_q = cu_q[b + 1] - cu_q[b];
+    const int64_t len_k = cu_k[b + 1] - cu_k[b];
+    for (int64_t qb = 0; qb < len_q; qb += step) {
+      const int64_t qe = std::min(len_q, qb + step);
+      const int64_t key_end = causal ? std::clamp<int64_t>(qe + len_k - len_q, 0, len_k) : len_k;
+      for (int64_t h = 0; h < heads_kv; ++h) {
+        items.push_back({b, h, qb, qe, nullptr, 1});
+        spans.push_back({0, key_end});
+        cost.push_back((qe - qb) * (key_end + kKeyTile));
+      }
+    }
+  }
+  // Heaviest first, handed out dynamically: the longest-processing-time rule keeps the
+  // threads busy to the end even with one long sequence among many short ones.
+  std::vector<int64_t> order(items.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int64_t>(i);
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return cost[a] > cost[b]; });
+  for (size_t i = 0; i < items.size(); ++i) items[i].spans = &spans[i];
+
+  const ItemKernel kernel = pick_kernel();
+  const int64_t threads = std::min<int64_t>(at::get_num_threads(), static_cast<int64_t>(items.size()));
+  std::atomic<int64_t> next{0};
+  const int64_t floats = scratch_floats(group, dim);
+  at::parallel_for(0, threads, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> scratch(floats);
+    for (int64_t claimed = next.fetch_add(1); claimed < static_cast<int64_t>(order.size());
+         claimed = next.fetch_add(1)) {
+      kernel(args, items[order[claimed]], scratch.data());
+    }
+  });
+  return {out, lse};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(lmkernels, CPU, m) { m.impl("varlen_attention", &varlen_attention_cpu); }
+
+}  // namespace lmkernels::attention

@@ -1,0 +1,150 @@
+// varlen_attention on CUDA, correctness-first: one warp per (query token, query head); lanes
+// split head_dim, scores are warp sums, online softmax in fp32 as on CPU. Same checks, same
+// masking convention (causal aligned bottom right), same outputs (0 and -inf LSE for rows
+// that see no key). An FA2-style tiled kernel for the same schedule is the next step.
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <cmath>
+
+#include "attention/varlen_attention.h"
+#include "lmkernels/dtype.h"
+
+namespace lmkernels::attention {
+namespace {
+
+constexpr int kWarp = 32;
+constexpr int kMaxPerLane = 16;  // head_dim <= 512
+
+template <StorageDtype D>
+__device__ float load(const void* base, int64_t i) {
+  if constexpr (D == StorageDtype::kFloat32) return static_cast<const float*>(base)[i];
+  else if constexpr (D == StorageDtype::kBFloat16) return bf16_to_f32(static_cast<const uint16_t*>(base)[i]);
+  else return f16_to_f32(static_cast<const uint16_t*>(base)[i]);
+}
+
+template <StorageDtype D>
+__device__ void store(void* base, int64_t i, float v) {
+  if constexpr (D == StorageDtype::kFloat32) static_cast<float*>(base)[i] = v;
+  else if constexpr (D == StorageDtype::kBFloat16) static_cast<uint16_t*>(base)[i] = f32_to_bf16(v);
+  else static_cast<uint16_t*>(base)[i] = f32_to_f16(v);
+}
+
+struct Strides {
+  int64_t q_token, q_head, k_token, k_head, v_token, v_head, o_token, o_head;
+};
+
+template <StorageDtype D>
+__global__ void varlen_attention_kernel(const void* q, const void* k, const void* v, void* out,
+                                        float* lse, const int64_t* cu_q, const int64_t* cu_k,
+                                        int64_t batch, int64_t total_q, int64_t heads_q,
+                                        int64_t heads_kv, int64_t dim, Strides st, bool causal,
+                                        float scale_log2) {
+  const int64_t row = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / kWarp;
+  const int lane = threadIdx.x % kWarp;
+  if (row >= total_q * heads_q) return;
+  const int64_t token = row / heads_q;
+  const int64_t head = row % heads_q;
+  const int64_t kv_head = head / (heads_q / heads_kv);
+  int64_t lo = 0, hi = batch;  // sequence b with cu_q[b] <= token < cu_q[b + 1]
+  while (hi - lo > 1) {
+    const int64_t mid = (lo + hi) / 2;
+    if (cu_q[mid] <= token) lo = mid; else hi = mid;
+  }
+  const int64_t b = lo;
+  const int64_t len_q = cu_q[b + 1] - cu_q[b];
+  const int64_t len_k = cu_k[b + 1] - cu_k[b];
+  const int64_t i = token - cu_q[b];
+  int64_t key_end = causal ? i + (len_k - len_q) + 1 : len_k;
+  key_end = key_end < 0 ? 0 : (key_end > len_k ? len_k : key_end);
+
+  float qv[kMaxPerLane], acc[kMaxPerLane];
+  const void* q_row = static_cast<const char*>(q) + (token * st.q_token + head * st.q_head) * (D == StorageDtype::kFloat32 ? 4 : 2);
+#pragma unroll
+  for (int t = 0; t < kMaxPerLane; ++t) {
+    const int64_t d = lane + t * kWarp;
+    qv[t] = d < dim ? load<D>(q_row, d) * scale_log2 : 0.0f;
+    acc[t] = 0.0f;
+  }
+  float m = -INFINITY, l = 0.0f;
+  for (int64_t j = 0; j < key_end; ++j) {
+    const int64_t key = cu_k[b] + j;
+    const int64_t elem = D == StorageDtype::kFloat32 ? 4 : 2;
+    const void* k_row = static_cast<const char*>(k) + (key * st.k_token + kv_head * st.k_head) * elem;
+    const void* v_row = static_cast<const char*>(v) + (key * st.v_token + kv_head * st.v_head) * elem;
+    float partial = 0.0f;
+#pragma unroll
+    for (int t = 0; t < kMaxPerLane; ++t) {
+      const int64_t d = lane + t * kWarp;
+      if (d < dim) partial = fmaf(qv[t], load<D>(k_row, d), partial);
+    }
+#pragma unroll
+    for (int offset = kWarp / 2; offset > 0; offset /= 2) partial += __shfl_xor_sync(0xffffffffu, partial, offset);
+    const float m_new = fmaxf(m, partial);
+    const float alpha = exp2f(m - m_new);
+    const float p = exp2f(partial - m_new);
+    l = l * alpha + p;
+    m = m_new;
+#pragma unroll
+    for (int t = 0; t < kMaxPerLane; ++t) {
+      const int64_t d = lane + t * kWarp;
+      if (d < dim) acc[t] = fmaf(p, load<D>(v_row, d), acc[t] * alpha);
+    }
+  }
+  const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+  void* o_row = static_cast<char*>(out) + (token * st.o_token + head * st.o_head) * (D == StorageDtype::kFloat32 ? 4 : 2);
+#pragma unroll
+  for (int t = 0; t < kMaxPerLane; ++t) {
+    const int64_t d = lane + t * kWarp;
+    if (d < dim) store<D>(o_row, d, acc[t] * inv);
+  }
+  if (lse != nullptr && lane == 0) lse[token * heads_q + head] = l > 0.0f ? (m + log2f(l)) * 0.6931471805599453f : -INFINITY;
+}
+
+std::tuple<at::Tensor, at::Tensor> varlen_attention_cuda(const at::Tensor& q, const at::Tensor& k,
+                                                         const at::Tensor& v,
+                                                         const at::Tensor& cu_seqlens_q,
+                                                         const at::Tensor& cu_seqlens_k, bool causal,
+                                                         double scale, bool return_lse) {
+  check_varlen_args(q, k, v, cu_seqlens_q, cu_seqlens_k, scale);
+  const c10::cuda::CUDAGuard guard(q.device());
+  const int64_t total_q = q.size(0), heads_q = q.size(1), dim = q.size(2);
+  at::Tensor out = at::empty({total_q, heads_q, dim}, q.options());
+  at::Tensor lse = at::empty({return_lse ? total_q : 0, heads_q}, q.options().dtype(at::kFloat));
+  if (total_q == 0) return {out, lse};
+  const at::Tensor cu_q = cu_seqlens_q.to(at::kLong).contiguous();
+  const at::Tensor cu_k = cu_seqlens_k.to(at::kLong).contiguous();
+  const Strides st{q.stride(0), q.stride(1), k.stride(0), k.stride(1),
+                   v.stride(0), v.stride(1), out.stride(0), out.stride(1)};
+  const int threads = 128;
+  const int64_t rows = total_q * heads_q;
+  const int64_t blocks = (rows * kWarp + threads - 1) / threads;
+  TORCH_CHECK(blocks < (int64_t(1) << 31), "varlen_attention: too many query rows for one launch");
+  const float scale_log2 = static_cast<float>(scale) * 1.4426950408889634f;
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  auto launch = [&](auto tag) {
+    constexpr StorageDtype D = decltype(tag)::value;
+    varlen_attention_kernel<D><<<static_cast<unsigned>(blocks), threads, 0, stream>>>(
+        q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(),
+        return_lse ? lse.data_ptr<float>() : nullptr, cu_q.data_ptr<int64_t>(),
+        cu_k.data_ptr<int64_t>(), cu_q.numel() - 1, total_q, heads_q, k.size(1), dim, st, causal,
+        scale_log2);
+  };
+  switch (q.scalar_type()) {
+    case at::kBFloat16: launch(std::integral_constant<StorageDtype, StorageDtype::kBFloat16>{}); break;
+    case at::kHalf: launch(std::integral_constant<StorageDtype, StorageDtype::kFloat16>{}); break;
+    default: launch(std::integral_constant<StorageDtype, StorageDtype::kFloat32>{}); break;
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return {out, lse};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(lmkernels, CUDA, m) { m.impl("varlen_attention", &varlen_attention_cuda); }
+
+}  // namespace lmkernels::attention
