@@ -27,11 +27,11 @@ struct WorkItem {
 };
 
 struct Args {
-  const void* q;  // total_q x heads_q x head_dim
-  const void* k;  // total_k x heads_kv x head_dim
-  const void* v;  // total_k x heads_kv x head_dim
-  void* out;      // total_q x heads_q x head_dim, dtype of q
-  float* lse;     // total_q x heads_q natural-log LSE, or nullptr
+  const void* q;   // total_q x heads_q x head_dim, `dtype`
+  const float* k;  // total_k x heads_kv x head_dim (widened to fp32 once by the caller)
+  const float* v;  // total_k x heads_kv x head_dim
+  void* out;       // total_q x heads_q x head_dim, `dtype`
+  float* lse;      // total_q x heads_q natural-log LSE, or nullptr
   StorageDtype dtype;
   int64_t q_stride_token, q_stride_head;  // elements; head_dim is contiguous
   int64_t k_stride_token, k_stride_head;
@@ -46,7 +46,7 @@ struct Args {
 
 // Tile geometry; the dispatcher sizes per-thread scratch with scratch_floats().
 constexpr int64_t kKeyTile = 64;
-constexpr int64_t kRowTarget = 64;  // query rows (positions x group heads) per work item
+constexpr int64_t kRowTarget = 128;  // query rows (positions x group heads) per work item
 constexpr int64_t kPad = 32;        // head_dim and row counts are padded to this multiple
 
 inline int64_t padded(int64_t n, int64_t to = kPad) { return (n + to - 1) / to * to; }
@@ -56,9 +56,9 @@ inline int64_t positions_per_item(int64_t group) {
 inline int64_t scratch_floats(int64_t group, int64_t head_dim) {
   const int64_t rows = padded(positions_per_item(group) * group);
   const int64_t dim = padded(head_dim);
-  // q, out: rows x dim; k^T: dim x key tile; v: key tile x dim; scores: rows x key tile;
-  // running max and sum: rows each.
-  return 2 * rows * dim + 2 * dim * kKeyTile + rows * kKeyTile + 2 * rows;
+  // q^T: dim x rows; out: rows x dim; k, v tiles: key tile x dim each; scores^T: key tile x
+  // rows; running max, sum, rescale factor and key limit: rows each.
+  return 2 * rows * dim + 2 * kKeyTile * dim + kKeyTile * rows + 4 * rows;
 }
 
 void run_item_scalar(const Args& args, const WorkItem& item, float* scratch);

@@ -23,7 +23,7 @@ struct Avx512Vec {
     const __m512i bits = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
     return _mm512_castsi512_ps(bits);
   }
-  static float reduce_max(T v) { return _mm512_reduce_max_ps(v); }
+  static T add(T a, T b) { return _mm512_add_ps(a, b); }
 };
 
 }  // namespace

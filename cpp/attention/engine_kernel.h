@@ -3,7 +3,7 @@
 //
 // V provides: T, W (lanes), R (rows per GEMM register block), zero, set1, load, store,
 // fma(a, b, c) = a*b + c, sub, mul, max (NaN in `a` gives `b`, like maxps), round (to
-// nearest even), pow2 (2^n for integral n in [-127, 0]), reduce_max.
+// nearest even), pow2 (2^n for integral n in [-127, 0]), add.
 //
 // Every output element accumulates its products in the same order (k = 0, 1, ...) with one
 // fma each on every path, and row sums run in scalar order, so all paths agree bit for bit.
@@ -41,10 +41,11 @@ typename V::T exp2_nonpositive(typename V::T x) {
   return V::mul(p, V::pow2(n));
 }
 
-// C[M x N] (+)= A[M x K] * B[K x N]; M a multiple of V::R, N of 2 * V::W; row-major.
+// C[M x N] (+)= A[M x K] * B[K x N], A[i][k] at a[i * a_row + k * a_col]; B, C row-major.
+// M a multiple of V::R, N of 2 * V::W.
 template <class V>
-void gemm(const float* a, int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc,
-          int64_t m, int64_t n, int64_t k, bool accumulate) {
+void gemm(const float* a, int64_t a_row, int64_t a_col, const float* b, int64_t ldb, float* c,
+          int64_t ldc, int64_t m, int64_t n, int64_t k, bool accumulate) {
   using T = typename V::T;
   constexpr int R = V::R;
   constexpr int W = V::W;
@@ -57,13 +58,14 @@ void gemm(const float* a, int64_t lda, const float* b, int64_t ldb, float* c, in
         acc[r][0] = accumulate ? V::load(row) : V::zero();
         acc[r][1] = accumulate ? V::load(row + W) : V::zero();
       }
-      const float* a_block = a + i * lda;
+      const float* a_block = a + i * a_row;
       for (int64_t kk = 0; kk < k; ++kk) {
         const T b0 = V::load(b + kk * ldb + j);
         const T b1 = V::load(b + kk * ldb + j + W);
+        const float* a_col_k = a_block + kk * a_col;
 #pragma GCC unroll 16
         for (int r = 0; r < R; ++r) {
-          const T av = V::set1(a_block[r * lda + kk]);
+          const T av = V::set1(a_col_k[r * a_row]);
           acc[r][0] = V::fma(av, b0, acc[r][0]);
           acc[r][1] = V::fma(av, b1, acc[r][1]);
         }
@@ -100,29 +102,31 @@ void store_elem(void* base, int64_t i, float value) {
   }
 }
 
-// Softmax update of one score row (log2 domain) against running max `m` and sum `l`;
-// leaves the probabilities in `s` and returns the factor the row's output must be scaled by.
+// Online softmax over a tile of transposed scores st[j][r] (log2 units), keys j < nk, query
+// rows r < rows (a multiple of V::W), vectorized across rows. Leaves probabilities in st,
+// updates the running max `m` and sum `l`, and writes each row's output rescale to `alpha`.
 template <class V>
-float online_softmax_row(float* s, int64_t n, float& m, float& l) {
+void online_softmax_columns(float* st, int64_t nk, int64_t rows, float* m, float* l, float* alpha) {
   using T = typename V::T;
-  T vmax = V::set1(kNegInf);
-  for (int64_t j = 0; j < n; j += V::W) vmax = V::max(V::load(s + j), vmax);
-  const float tile_max = V::reduce_max(vmax);
-  const float m_new = tile_max > m ? tile_max : m;
-  if (m_new == kNegInf) {  // nothing visible yet in this row
-    std::memset(s, 0, sizeof(float) * n);
-    return 1.0f;
+  // A row that has seen no key keeps max -inf; shifting it by -FLT_MAX instead of -inf
+  // keeps its probabilities and rescale at 0 instead of NaN.
+  const T lowest = V::set1(-std::numeric_limits<float>::max());
+  for (int64_t c = 0; c < rows; c += V::W) {
+    T tile_max = V::set1(kNegInf);
+    for (int64_t j = 0; j < nk; ++j) tile_max = V::max(V::load(st + j * rows + c), tile_max);
+    const T m_old = V::load(m + c);
+    const T m_new = V::max(tile_max, m_old);
+    const T shift = V::max(m_new, lowest);
+    V::store(alpha + c, exp2_nonpositive<V>(V::sub(m_old, shift)));
+    T sum = V::zero();
+    for (int64_t j = 0; j < nk; ++j) {
+      const T p = exp2_nonpositive<V>(V::sub(V::load(st + j * rows + c), shift));
+      V::store(st + j * rows + c, p);
+      sum = V::add(sum, p);
+    }
+    V::store(l + c, V::fma(V::load(l + c), V::load(alpha + c), sum));
+    V::store(m + c, m_new);
   }
-  const T shift = V::set1(m_new);
-  for (int64_t j = 0; j < n; j += V::W) V::store(s + j, exp2_nonpositive<V>(V::sub(V::load(s + j), shift)));
-  float sum = 0.0f;
-  for (int64_t j = 0; j < n; ++j) sum += s[j];
-  float alpha_lane[V::W];
-  V::store(alpha_lane, exp2_nonpositive<V>(V::set1(m - m_new)));
-  const float alpha = alpha_lane[0];
-  l = l * alpha + sum;
-  m = m_new;
-  return alpha;
 }
 
 template <class V, StorageDtype D>
@@ -133,24 +137,23 @@ void run_item_typed(const Args& a, const WorkItem& item, float* scratch) {
   const int64_t dim_pad = padded(dim);
   const int64_t positions = item.q_end - item.q_begin;
   const int64_t rows = positions * group;
-  const int64_t rows_pad = padded(rows, V::R);
+  const int64_t rows_pad = padded(rows);
   const int64_t rows_cap = padded(positions_per_item(group) * group);
+  constexpr int64_t elem = D == StorageDtype::kFloat32 ? 4 : 2;
 
-  float* q_buf = scratch;                        // rows_cap x dim_pad, pre-scaled to log2 units
-  float* o_buf = q_buf + rows_cap * dim_pad;     // rows_cap x dim_pad
-  float* kt_buf = o_buf + rows_cap * dim_pad;    // dim_pad x kKeyTile (k transposed)
-  float* v_buf = kt_buf + dim_pad * kKeyTile;    // kKeyTile x dim_pad
-  float* s_buf = v_buf + kKeyTile * dim_pad;     // rows_cap x kKeyTile
-  float* m_buf = s_buf + rows_cap * kKeyTile;    // rows_cap
-  float* l_buf = m_buf + rows_cap;               // rows_cap
-  std::memset(q_buf, 0, sizeof(float) * rows_pad * dim_pad);
+  float* qt_buf = scratch;                       // dim_pad x rows_pad, pre-scaled to log2 units
+  float* o_buf = qt_buf + rows_cap * dim_pad;    // rows_pad x dim_pad
+  float* k_buf = o_buf + rows_cap * dim_pad;     // kKeyTile x dim_pad, for tiles not read in place
+  float* v_buf = k_buf + kKeyTile * dim_pad;     // kKeyTile x dim_pad
+  float* st_buf = v_buf + kKeyTile * dim_pad;    // kKeyTile x rows_pad: scores, then probabilities
+  float* m_buf = st_buf + kKeyTile * rows_cap;   // rows_pad each:
+  float* l_buf = m_buf + rows_cap;
+  float* alpha_buf = l_buf + rows_cap;
+  float* limit_buf = alpha_buf + rows_cap;       // last visible key of each row (as float)
+  std::memset(qt_buf, 0, sizeof(float) * rows_pad * dim_pad);
   std::memset(o_buf, 0, sizeof(float) * rows_pad * dim_pad);
-  std::memset(kt_buf, 0, sizeof(float) * dim_pad * kKeyTile);
+  std::memset(k_buf, 0, sizeof(float) * kKeyTile * dim_pad);
   std::memset(v_buf, 0, sizeof(float) * kKeyTile * dim_pad);
-  for (int64_t r = 0; r < rows_pad; ++r) {
-    m_buf[r] = kNegInf;
-    l_buf[r] = 0.0f;
-  }
 
   const int64_t q0 = a.cu_seqlens_q[item.seq];
   const int64_t k0 = a.cu_seqlens_k[item.seq];
@@ -159,65 +162,71 @@ void run_item_typed(const Args& a, const WorkItem& item, float* scratch) {
   const int64_t diag = len_k - len_q;  // query i sees keys j <= i + diag when causal
   const float q_scale = a.scale * kLog2e;
 
+  for (int64_t r = 0; r < rows_pad; ++r) {
+    m_buf[r] = kNegInf;
+    l_buf[r] = 0.0f;
+    limit_buf[r] = static_cast<float>(a.causal ? item.q_begin + r / group + diag : len_k - 1);
+  }
   for (int64_t p = 0; p < positions; ++p) {
     for (int64_t g = 0; g < group; ++g) {
       const int64_t head = item.kv_head * group + g;
-      const void* src = static_cast<const char*>(a.q) +
-                        ((q0 + item.q_begin + p) * a.q_stride_token + head * a.q_stride_head) *
-                            (D == StorageDtype::kFloat32 ? 4 : 2);
-      float* dst = q_buf + (p * group + g) * dim_pad;
-      for (int64_t d = 0; d < dim; ++d) dst[d] = load_elem<D>(src, d) * q_scale;
+      const char* src = static_cast<const char*>(a.q) +
+                        ((q0 + item.q_begin + p) * a.q_stride_token + head * a.q_stride_head) * elem;
+      const int64_t r = p * group + g;
+      for (int64_t d = 0; d < dim; ++d) qt_buf[d * rows_pad + r] = load_elem<D>(src, d) * q_scale;
     }
   }
 
+  // Full tiles are read in place when a padded row would not run into the next head.
+  const bool in_place = dim == dim_pad;
   const int64_t first_limit = item.q_begin + diag;  // smallest key limit among the rows
   const int64_t last_limit = item.q_end - 1 + diag;
   for (int64_t s = 0; s < item.num_spans; ++s) {
     for (int64_t kb = item.spans[s].begin; kb < item.spans[s].end; kb += kKeyTile) {
       if (a.causal && kb > last_limit) break;
       const int64_t nk = std::min(kKeyTile, item.spans[s].end - kb);
-      for (int64_t j = 0; j < nk; ++j) {
-        const int64_t token = k0 + kb + j;
-        const char* k_src = static_cast<const char*>(a.k) +
-                            (token * a.k_stride_token + item.kv_head * a.k_stride_head) *
-                                (D == StorageDtype::kFloat32 ? 4 : 2);
-        const char* v_src = static_cast<const char*>(a.v) +
-                            (token * a.v_stride_token + item.kv_head * a.v_stride_head) *
-                                (D == StorageDtype::kFloat32 ? 4 : 2);
-        float* v_row = v_buf + j * dim_pad;
-        for (int64_t d = 0; d < dim; ++d) {
-          kt_buf[d * kKeyTile + j] = load_elem<D>(k_src, d);
-          v_row[d] = load_elem<D>(v_src, d);
+      const float* k_tile = a.k + (k0 + kb) * a.k_stride_token + item.kv_head * a.k_stride_head;
+      const float* v_tile = a.v + (k0 + kb) * a.v_stride_token + item.kv_head * a.v_stride_head;
+      int64_t k_row = a.k_stride_token;
+      int64_t v_row = a.v_stride_token;
+      if (!in_place || nk < kKeyTile) {
+        for (int64_t j = 0; j < kKeyTile; ++j) {
+          float* kd = k_buf + j * dim_pad;
+          float* vd = v_buf + j * dim_pad;
+          if (j < nk) {
+            std::memcpy(kd, k_tile + j * a.k_stride_token, sizeof(float) * dim);
+            std::memcpy(vd, v_tile + j * a.v_stride_token, sizeof(float) * dim);
+          } else {
+            std::memset(kd, 0, sizeof(float) * dim);
+            std::memset(vd, 0, sizeof(float) * dim);
+          }
         }
-      }
-      if (nk < kKeyTile) {  // a short last tile: clear what the previous tile left
-        for (int64_t d = 0; d < dim; ++d) {
-          std::memset(kt_buf + d * kKeyTile + nk, 0, sizeof(float) * (kKeyTile - nk));
-        }
-        std::memset(v_buf + nk * dim_pad, 0, sizeof(float) * (kKeyTile - nk) * dim_pad);
+        k_tile = k_buf;
+        v_tile = v_buf;
+        k_row = v_row = dim_pad;
       }
 
-      gemm<V>(q_buf, dim_pad, kt_buf, kKeyTile, s_buf, kKeyTile, rows_pad, kKeyTile, dim_pad, false);
-
-      const bool crosses_diagonal = a.causal && kb + nk - 1 > first_limit;
-      if (nk < kKeyTile || crosses_diagonal) {
-        for (int64_t r = 0; r < rows_pad; ++r) {
-          const int64_t limit = a.causal ? std::min(item.q_begin + r / group + diag, len_k - 1) : len_k - 1;
-          float* s_row = s_buf + r * kKeyTile;
-          for (int64_t j = 0; j < kKeyTile; ++j) {
-            if (j >= nk || kb + j > limit) s_row[j] = kNegInf;
+      // scores^T [keys x rows] = K [keys x dim] . Q^T [dim x rows]
+      gemm<V>(k_tile, k_row, 1, qt_buf, rows_pad, st_buf, rows_pad, padded(nk, V::R), rows_pad, dim, false);
+      if (a.causal && kb + nk - 1 > first_limit) {
+        for (int64_t j = 0; j < nk; ++j) {
+          const float key = static_cast<float>(kb + j);
+          float* st_row = st_buf + j * rows_pad;
+          for (int64_t r = 0; r < rows_pad; ++r) {
+            if (key > limit_buf[r]) st_row[r] = kNegInf;
           }
         }
       }
+      online_softmax_columns<V>(st_buf, nk, rows_pad, m_buf, l_buf, alpha_buf);
       for (int64_t r = 0; r < rows_pad; ++r) {
-        const float alpha = online_softmax_row<V>(s_buf + r * kKeyTile, kKeyTile, m_buf[r], l_buf[r]);
-        if (alpha != 1.0f) {
+        if (alpha_buf[r] != 1.0f) {
           float* o_row = o_buf + r * dim_pad;
-          const T scale = V::set1(alpha);
+          const T scale = V::set1(alpha_buf[r]);
           for (int64_t d = 0; d < dim_pad; d += V::W) V::store(o_row + d, V::mul(V::load(o_row + d), scale));
         }
       }
-      gemm<V>(s_buf, kKeyTile, v_buf, dim_pad, o_buf, dim_pad, rows_pad, dim_pad, kKeyTile, true);
+      // out [rows x dim] += P [rows x keys] . V [keys x dim], P read from scores^T
+      gemm<V>(st_buf, 1, rows_pad, v_tile, v_row, o_buf, dim_pad, rows_pad, dim_pad, nk, true);
     }
   }
 
@@ -228,8 +237,7 @@ void run_item_typed(const Args& a, const WorkItem& item, float* scratch) {
       const int64_t token = q0 + item.q_begin + p;
       const float l = l_buf[r];
       const float inv = l > 0.0f ? 1.0f / l : 0.0f;
-      void* dst = static_cast<char*>(a.out) + (token * a.out_stride_token + head * a.out_stride_head) *
-                                                  (D == StorageDtype::kFloat32 ? 4 : 2);
+      char* dst = static_cast<char*>(a.out) + (token * a.out_stride_token + head * a.out_stride_head) * elem;
       const float* o_row = o_buf + r * dim_pad;
       for (int64_t d = 0; d < dim; ++d) store_elem<D>(dst, d, o_row[d] * inv);
       if (a.lse != nullptr) {
@@ -238,7 +246,6 @@ void run_item_typed(const Args& a, const WorkItem& item, float* scratch) {
     }
   }
 }
-
 template <class V>
 void run_item(const Args& a, const WorkItem& item, float* scratch) {
   switch (a.dtype) {

@@ -20,7 +20,7 @@ struct ScalarVec {
   static T max(T a, T b) { return a > b ? a : b; }  // maxps: NaN in a gives b
   static T round(T x) { return std::nearbyint(x); }
   static T pow2(T n) { return f32_from_bits(static_cast<uint32_t>(static_cast<int32_t>(n) + 127) << 23); }
-  static float reduce_max(T v) { return v; }
+  static T add(T a, T b) { return a + b; }
 };
 
 }  // namespace

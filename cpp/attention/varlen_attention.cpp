@@ -100,10 +100,14 @@ std::tuple<at::Tensor, at::Tensor> varlen_attention_cpu(const at::Tensor& q, con
   at::Tensor lse = at::empty({return_lse ? total_q : 0, heads_q}, q.options().dtype(at::kFloat));
   if (total_q == 0) return {out, lse};
 
+  // K and V are visited once per query tile: widen them to fp32 once here rather than at
+  // every visit (a no-op for fp32 inputs).
+  const at::Tensor k32 = k.to(at::kFloat);
+  const at::Tensor v32 = v.to(at::kFloat);
   Args args{};
   args.q = q.data_ptr();
-  args.k = k.data_ptr();
-  args.v = v.data_ptr();
+  args.k = k32.data_ptr<float>();
+  args.v = v32.data_ptr<float>();
   args.out = out.data_ptr();
   args.lse = return_lse ? lse.data_ptr<float>() : nullptr;
   args.dtype = q.scalar_type() == at::kFloat      ? StorageDtype::kFloat32
@@ -111,10 +115,10 @@ std::tuple<at::Tensor, at::Tensor> varlen_attention_cpu(const at::Tensor& q, con
                                                   : StorageDtype::kFloat16;
   args.q_stride_token = q.stride(0);
   args.q_stride_head = q.stride(1);
-  args.k_stride_token = k.stride(0);
-  args.k_stride_head = k.stride(1);
-  args.v_stride_token = v.stride(0);
-  args.v_stride_head = v.stride(1);
+  args.k_stride_token = k32.stride(0);
+  args.k_stride_head = k32.stride(1);
+  args.v_stride_token = v32.stride(0);
+  args.v_stride_head = v32.stride(1);
   args.out_stride_token = out.stride(0);
   args.out_stride_head = out.stride(1);
   args.cu_seqlens_q = cu_q.data();
