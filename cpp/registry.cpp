@@ -10,6 +10,8 @@ TORCH_LIBRARY(lmkernels, m) {
   // Rotate cached keys in place from old_pos to new_pos; k: [batch, tokens, heads, head_dim].
   m.def("rope_rerotate_(Tensor(a!) k, Tensor old_pos, Tensor new_pos, Tensor inv_freq, bool neox) -> ()");
   // Attention over packed variable-length sequences; q [total_q, Hq, D], k/v [total_k, Hkv, D].
+  // Bin-pack sequence lengths into rows of `capacity` tokens ("bfd" or "ffd"); -> (row, offset).
+  m.def("pack_sequences(Tensor lengths, int capacity, str algorithm) -> (Tensor, Tensor)");
   m.def("varlen_attention(Tensor q, Tensor k, Tensor v, Tensor cu_seqlens_q, Tensor cu_seqlens_k, bool causal, float scale, bool return_lse) -> (Tensor, Tensor)");
 }
 

@@ -61,3 +61,22 @@ def varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, causal=True, scale=Non
     if not outs:
         return q.new_empty(q.shape), torch.empty(0, q.shape[1])
     return torch.cat(outs).to(q.dtype), torch.cat(lses).float()
+
+
+def bin_pack(lengths, capacity, algorithm="bfd"):
+    """O(n^2) best-fit / first-fit decreasing: (row, offset) lists. Longest first, ties by index."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    space = []
+    row, offset = [0] * len(lengths), [0] * len(lengths)
+    for i in order:
+        fits = [r for r, s in enumerate(space) if s >= lengths[i]]
+        if not fits:
+            space.append(capacity)
+            r = len(space) - 1
+        elif algorithm == "bfd":
+            r = min(fits, key=lambda r: (space[r], r))
+        else:
+            r = fits[0]
+        row[i], offset[i] = r, capacity - space[r]
+        space[r] -= lengths[i]
+    return row, offset
