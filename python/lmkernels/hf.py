@@ -1,0 +1,157 @@
+"""transformers integration: lmkernels attention inside Llama/Mistral/Qwen-family models.
+
+``register()`` adds ``"lmkernels_varlen"`` to transformers' attention registry. With it, a
+forward call that passes ``cu_seq_lens_q`` / ``cu_seq_lens_k`` (and position ids restarting
+per prompt) runs packed prompts through :func:`lmkernels.varlen_attention`, each prompt
+attending only to itself, without building any mask. ``prefill`` uses it to prefill many
+prompts at once and hands back a standard ``DynamicCache`` per prompt.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
+
+import torch
+
+from .attention import varlen_attention
+from .prepack import Packing, pack
+
+ATTENTION_NAME = "lmkernels_varlen"
+
+
+def varlen_attention_forward(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """transformers attention function: ``query [batch, heads, q_len, dim]`` (keys and values
+    with their own KV heads) -> ``([batch, q_len, heads, dim], None)``.
+
+    With ``cu_seq_lens_q``/``cu_seq_lens_k`` in kwargs the batch is one packed row of
+    several sequences; without them every batch row is one sequence, causal and aligned
+    at the bottom right (so decoding with a KV cache works too). A padding mask is not
+    supported: pack instead of padding.
+    """
+    if dropout and module.training:
+        raise NotImplementedError("lmkernels_varlen attention has no dropout; use it for inference")
+    batch, heads, q_len, dim = query.shape
+    k_len = key.shape[2]
+    cu_q = kwargs.get("cu_seq_lens_q")
+    cu_k = kwargs.get("cu_seq_lens_k")
+    if cu_q is None or cu_k is None:
+        if attention_mask is not None and attention_mask.dtype == torch.bool and not bool(attention_mask.all()):
+            raise ValueError("lmkernels_varlen attention: padded batches are not supported; pack the prompts")
+        cu_q = torch.arange(0, (batch + 1) * q_len, q_len, dtype=torch.int32, device=query.device)
+        cu_k = torch.arange(0, (batch + 1) * k_len, k_len, dtype=torch.int32, device=query.device)
+    q = query.transpose(1, 2).reshape(batch * q_len, heads, dim)
+    k = key.transpose(1, 2).reshape(batch * k_len, key.shape[1], dim)
+    v = value.transpose(1, 2).reshape(batch * k_len, value.shape[1], dim)
+    causal = getattr(module, "is_causal", True)
+    out = varlen_attention(q, k, v, cu_q, cu_k, causal=causal, scale=scaling)
+    return out.view(batch, q_len, heads, dim), None
+
+
+def register() -> str:
+    """Register ``"lmkernels_varlen"`` with transformers (idempotent); returns the name."""
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(ATTENTION_NAME, varlen_attention_forward)
+    return ATTENTION_NAME
+
+
+@contextlib.contextmanager
+def use_varlen_attention(model: torch.nn.Module) -> Iterator[None]:
+    """Run `model` with lmkernels varlen attention inside the block, then restore its own."""
+    register()
+    previous = model.config._attn_implementation
+    model.set_attn_implementation(ATTENTION_NAME)
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(previous)
+
+
+@dataclass
+class PrefillResult:
+    """Outputs of :func:`prefill`, in prompt order.
+
+    Attributes:
+        logits: ``[n, vocab]`` next-token logits after each prompt's last token.
+        caches: one ``DynamicCache`` per prompt holding that prompt's keys and values
+            (positions ``0 .. len - 1``), ready for ``model(..., past_key_values=cache)``.
+        packing: how prompts were grouped into forward passes.
+    """
+
+    logits: torch.Tensor
+    caches: list
+    packing: Packing
+
+
+@torch.no_grad()
+def prefill(
+    model: torch.nn.Module,
+    prompts: Sequence[torch.Tensor | Sequence[int]],
+    capacity: int | None = None,
+    *,
+    algorithm: str = "bfd",
+) -> PrefillResult:
+    """Prefill many prompts with packed forward passes instead of a padded batch.
+
+    Prompts are bin-packed into rows of at most ``capacity`` tokens (default: all prompts in
+    one row, which bounds nothing but wastes nothing). Each row is one forward pass with
+    position ids restarting per prompt and varlen attention keeping prompts apart; only
+    each prompt's last position goes through the LM head.
+    """
+    from transformers import DynamicCache
+
+    if len(prompts) == 0:
+        raise ValueError("prefill: prompts is empty")
+    device = next(model.parameters()).device
+    tensors = []
+    for i, p in enumerate(prompts):
+        t = p if isinstance(p, torch.Tensor) else torch.tensor(list(p), dtype=torch.int64)
+        if t.dim() != 1 or t.dtype.is_floating_point:
+            raise TypeError(f"prefill: prompts[{i}] must be a 1-D integer sequence, got {t.dtype} {tuple(t.shape)}")
+        if t.numel() == 0:
+            raise ValueError(f"prefill: prompts[{i}] is empty")
+        tensors.append(t.to(device=device, dtype=torch.int64))
+    lengths = torch.tensor([t.numel() for t in tensors], dtype=torch.int64)
+    packing = pack(lengths, int(lengths.sum()) if capacity is None else capacity, algorithm=algorithm)
+
+    logits: list[torch.Tensor | None] = [None] * len(tensors)
+    caches: list[Any] = [None] * len(tensors)
+    order = torch.argsort(packing.row * packing.capacity + packing.offset).tolist()
+    rows = [[i for i in order if int(packing.row[i]) == r] for r in range(packing.num_rows)]
+    with use_varlen_attention(model):
+        for members in rows:
+            member_lengths = [tensors[i].numel() for i in members]
+            cu = torch.tensor([0] + torch.tensor(member_lengths).cumsum(0).tolist(), dtype=torch.int32, device=device)
+            input_ids = torch.cat([tensors[i] for i in members])[None]
+            position_ids = torch.cat([torch.arange(n, device=device) for n in member_lengths])[None]
+            out = model(
+                input_ids=input_ids,
+                position_ids=position_ids,
+                cu_seq_lens_q=cu,
+                cu_seq_lens_k=cu,
+                max_length_q=max(member_lengths),
+                max_length_k=max(member_lengths),
+                logits_to_keep=(cu[1:] - 1).long(),
+                use_cache=True,
+            )
+            # Each layer's packed keys/values split into per-prompt views along the tokens.
+            per_layer = [
+                (layer.keys.split(member_lengths, dim=2), layer.values.split(member_lengths, dim=2))
+                for layer in out.past_key_values.layers
+            ]
+            for slot, i in enumerate(members):
+                logits[i] = out.logits[0, slot]
+                data = [(keys[slot], values[slot]) for keys, values in per_layer]
+                caches[i] = DynamicCache(ddp_cache_data=data, config=model.config)
+    return PrefillResult(torch.stack(logits), caches, packing)

@@ -1,0 +1,89 @@
+"""Prepacked prefill through a transformers Llama model equals running each prompt alone."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers", reason="the hf extra (transformers) is not installed")
+from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
+
+from lmkernels import hf  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=120, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         attn_implementation="sdpa", bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    return LlamaForCausalLM(config).eval()
+
+
+def prompts_of(lengths, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, 120, (n,), generator=g) for n in lengths]
+
+
+@torch.no_grad()
+def alone(model, prompt):
+    out = model(input_ids=prompt[None], use_cache=True)
+    return out.logits[0, -1], out.past_key_values
+
+
+@pytest.mark.parametrize("lengths,capacity", [
+    ([5, 13, 1, 9, 20, 3], None),   # everything in one packed row
+    ([5, 13, 1, 9, 20, 3], 20),     # several rows, one prompt as long as the capacity
+    ([7], None),                    # one prompt
+    ([6, 6, 6, 6], 12),             # all the same length
+    ([1, 1, 1], None),              # 1-token prompts
+])
+def test_prefill_equals_each_prompt_alone(model, lengths, capacity):
+    prompts = prompts_of(lengths)
+    result = hf.prefill(model, prompts, capacity)
+    assert result.logits.shape == (len(prompts), 120)
+    for i, p in enumerate(prompts):
+        logits, cache = alone(model, p)
+        torch.testing.assert_close(result.logits[i], logits, atol=1e-4, rtol=1e-4)
+        assert result.caches[i].get_seq_length() == len(p)
+        for mine, ref in zip(result.caches[i].layers, cache.layers):
+            torch.testing.assert_close(mine.keys, ref.keys, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(mine.values, ref.values, atol=1e-5, rtol=1e-5)
+    assert model.config._attn_implementation == "sdpa"  # restored
+
+
+@torch.no_grad()
+def test_greedy_continuation_equals_generate(model):
+    prompts = prompts_of([4, 11, 7], seed=2)
+    result = hf.prefill(model, prompts)
+    for i, p in enumerate(prompts):
+        cache = result.caches[i]
+        token = result.logits[i].argmax()
+        mine = [int(token)]
+        for step in range(19):
+            out = model(input_ids=token.view(1, 1), past_key_values=cache,
+                        position_ids=torch.tensor([[len(p) + step]]), use_cache=True)
+            token = out.logits[0, -1].argmax()
+            mine.append(int(token))
+        reference = model.generate(p[None], max_new_tokens=20, do_sample=False)[0, len(p):].tolist()
+        assert mine == reference
+
+
+@torch.no_grad()
+def test_registered_attention_runs_a_plain_forward(model):
+    """Without cu_seq_lens every batch row is one causal sequence: same as sdpa."""
+    ids = torch.randint(0, 120, (2, 9))
+    want = model(input_ids=ids).logits
+    with hf.use_varlen_attention(model):
+        got = model(input_ids=ids).logits
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+def test_prefill_bad_inputs(model):
+    with pytest.raises(ValueError, match="prompts is empty"):
+        hf.prefill(model, [])
+    with pytest.raises(ValueError, match=r"prompts\[1\] is empty"):
+        hf.prefill(model, [[1, 2], []])
+    with pytest.raises(ValueError, match="does not fit the capacity 3"):
+        hf.prefill(model, [[1, 2, 3, 4]], 3)
+    assert model.config._attn_implementation == "sdpa"
