@@ -78,6 +78,7 @@ message(STATUS "lmkernels: building the CUDA kernels")
 
 function(lmk_configure_cuda_target target)
   target_compile_definitions(${target} PRIVATE LMKERNELS_WITH_CUDA=1)
+  target_include_directories(${target} PRIVATE "${CMAKE_CURRENT_SOURCE_DIR}/cuda")
   # The same flags torch.utils.cpp_extension uses: torch's half/bf16 types, not CUDA's operators.
   target_compile_options(${target} PRIVATE $<$<COMPILE_LANGUAGE:CUDA>:
     --expt-relaxed-constexpr -Xcompiler=-fPIC

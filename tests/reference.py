@@ -80,3 +80,22 @@ def bin_pack(lengths, capacity, algorithm="bfd"):
         row[i], offset[i] = r, capacity - space[r]
         space[r] -= lengths[i]
     return row, offset
+
+
+def block_sparse_attention(q, k, v, block_mask, block_size, causal=True, scale=None):
+    """Dense float64 attention of q [B, Hq, N, D] with the block mask [B, Hq, nb, nb] materialised.
+
+    Rows that see no key give 0 and lse -inf. Returns (out in q.dtype, lse float32 [B, Hq, N]).
+    """
+    n = q.shape[2]
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    group = q.shape[1] // k.shape[1]
+    kd = k.double().repeat_interleave(group, 1)
+    vd = v.double().repeat_interleave(group, 1)
+    token_mask = block_mask.repeat_interleave(block_size, -2).repeat_interleave(block_size, -1)[..., :n, :n]
+    if causal:
+        token_mask = token_mask & torch.ones(n, n, dtype=torch.bool).tril()
+    s = (q.double() @ kd.transpose(-1, -2) * scale).masked_fill(~token_mask, float("-inf"))
+    lse = torch.logsumexp(s, -1)
+    p = torch.exp(s - lse[..., None]).nan_to_num(0.0)
+    return (p @ vd).to(q.dtype), lse.float()

@@ -22,8 +22,9 @@ struct WorkItem {
   int64_t seq;
   int64_t kv_head;
   int64_t q_begin, q_end;
-  const KeySpan* spans;  // visited in order; causal masking applies inside them
+  const KeySpan* spans;       // visited in order; causal masking applies inside them
   int64_t num_spans;
+  const uint64_t* span_heads;  // per span, bit g: query head g of the group sees it; nullptr: all
 };
 
 struct Args {
@@ -33,11 +34,18 @@ struct Args {
   void* out;       // total_q x heads_q x head_dim, `dtype`
   float* lse;      // total_q x heads_q natural-log LSE, or nullptr
   StorageDtype dtype;
-  int64_t q_stride_token, q_stride_head;  // elements; head_dim is contiguous
-  int64_t k_stride_token, k_stride_head;
-  int64_t v_stride_token, v_stride_head;
-  int64_t out_stride_token, out_stride_head;
-  const int64_t* cu_seqlens_q;  // batch + 1
+  // Element (seq, position, head) of q lives at
+  //   seq * q_stride_seq + (q_base[seq] + position) * q_stride_token + head * q_stride_head
+  // (head_dim contiguous): packed varlen inputs use q_base = cu_seqlens and no seq stride,
+  // batched [B, H, N, D] inputs a seq stride and q_base = 0. Likewise k, v, out and lse.
+  int64_t q_stride_seq, q_stride_token, q_stride_head;
+  int64_t k_stride_seq, k_stride_token, k_stride_head;
+  int64_t v_stride_seq, v_stride_token, v_stride_head;
+  int64_t out_stride_seq, out_stride_token, out_stride_head;
+  int64_t lse_stride_seq, lse_stride_token, lse_stride_head;
+  const int64_t* q_base;        // batch
+  const int64_t* k_base;        // batch
+  const int64_t* cu_seqlens_q;  // batch + 1: sequence lengths as differences
   const int64_t* cu_seqlens_k;  // batch + 1
   int64_t heads_q, heads_kv, head_dim;
   bool causal;  // bottom-right aligned: query i sees keys j <= i + len_k - len_q

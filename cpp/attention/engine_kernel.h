@@ -155,10 +155,10 @@ void run_item_typed(const Args& a, const WorkItem& item, float* scratch) {
   std::memset(k_buf, 0, sizeof(float) * kKeyTile * dim_pad);
   std::memset(v_buf, 0, sizeof(float) * kKeyTile * dim_pad);
 
-  const int64_t q0 = a.cu_seqlens_q[item.seq];
-  const int64_t k0 = a.cu_seqlens_k[item.seq];
-  const int64_t len_q = a.cu_seqlens_q[item.seq + 1] - q0;
-  const int64_t len_k = a.cu_seqlens_k[item.seq + 1] - k0;
+  const int64_t q0 = a.q_base[item.seq];
+  const int64_t k0 = a.k_base[item.seq];
+  const int64_t len_q = a.cu_seqlens_q[item.seq + 1] - a.cu_seqlens_q[item.seq];
+  const int64_t len_k = a.cu_seqlens_k[item.seq + 1] - a.cu_seqlens_k[item.seq];
   const int64_t diag = len_k - len_q;  // query i sees keys j <= i + diag when causal
   const float q_scale = a.scale * kLog2e;
 
@@ -170,8 +170,9 @@ void run_item_typed(const Args& a, const WorkItem& item, float* scratch) {
   for (int64_t p = 0; p < positions; ++p) {
     for (int64_t g = 0; g < group; ++g) {
       const int64_t head = item.kv_head * group + g;
-      const char* src = static_cast<const char*>(a.q) +
-                        ((q0 + item.q_begin + p) * a.q_stride_token + head * a.q_stride_head) * elem;
+      const char* src = static_cast<const char*>(a.q) + (item.seq * a.q_stride_seq +
+                                                          (q0 + item.q_begin + p) * a.q_stride_token +
+                                                          head * a.q_stride_head) * elem;
       const int64_t r = p * group + g;
       for (int64_t d = 0; d < dim; ++d) qt_buf[d * rows_pad + r] = load_elem<D>(src, d) * q_scale;
     }
@@ -185,8 +186,10 @@ void run_item_typed(const Args& a, const WorkItem& item, float* scratch) {
     for (int64_t kb = item.spans[s].begin; kb < item.spans[s].end; kb += kKeyTile) {
       if (a.causal && kb > last_limit) break;
       const int64_t nk = std::min(kKeyTile, item.spans[s].end - kb);
-      const float* k_tile = a.k + (k0 + kb) * a.k_stride_token + item.kv_head * a.k_stride_head;
-      const float* v_tile = a.v + (k0 + kb) * a.v_stride_token + item.kv_head * a.v_stride_head;
+      const float* k_tile = a.k + item.seq * a.k_stride_seq + (k0 + kb) * a.k_stride_token +
+                            item.kv_head * a.k_stride_head;
+      const float* v_tile = a.v + item.seq * a.v_stride_seq + (k0 + kb) * a.v_stride_token +
+                            item.kv_head * a.v_stride_head;
       int64_t k_row = a.k_stride_token;
       int64_t v_row = a.v_stride_token;
       if (!in_place || nk < kKeyTile) {
@@ -217,6 +220,13 @@ void run_item_typed(const Args& a, const WorkItem& item, float* scratch) {
           }
         }
       }
+      if (item.span_heads != nullptr) {  // query heads of the group that do not list this span
+        const uint64_t heads = item.span_heads[s];
+        for (int64_t r = 0; r < rows; ++r) {
+          if ((heads >> (r % group)) & 1u) continue;
+          for (int64_t j = 0; j < nk; ++j) st_buf[j * rows_pad + r] = kNegInf;
+        }
+      }
       online_softmax_columns<V>(st_buf, nk, rows_pad, m_buf, l_buf, alpha_buf);
       for (int64_t r = 0; r < rows_pad; ++r) {
         if (alpha_buf[r] != 1.0f) {
@@ -237,11 +247,13 @@ void run_item_typed(const Args& a, const WorkItem& item, float* scratch) {
       const int64_t token = q0 + item.q_begin + p;
       const float l = l_buf[r];
       const float inv = l > 0.0f ? 1.0f / l : 0.0f;
-      char* dst = static_cast<char*>(a.out) + (token * a.out_stride_token + head * a.out_stride_head) * elem;
+      char* dst = static_cast<char*>(a.out) + (item.seq * a.out_stride_seq + token * a.out_stride_token +
+                                               head * a.out_stride_head) * elem;
       const float* o_row = o_buf + r * dim_pad;
       for (int64_t d = 0; d < dim; ++d) store_elem<D>(dst, d, o_row[d] * inv);
       if (a.lse != nullptr) {
-        a.lse[token * a.heads_q + head] = l > 0.0f ? (m_buf[r] + std::log2(l)) * kLn2 : kNegInf;
+        a.lse[item.seq * a.lse_stride_seq + token * a.lse_stride_token + head * a.lse_stride_head] =
+            l > 0.0f ? (m_buf[r] + std::log2(l)) * kLn2 : kNegInf;
       }
     }
   }

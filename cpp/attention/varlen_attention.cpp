@@ -1,16 +1,14 @@
 // varlen_attention on CPU: checks, the varlen-causal schedule, threads, ISA choice.
 #include "attention/varlen_attention.h"
 
-#include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 
 #include "attention/engine.h"
-#include "lmkernels/cpu_isa.h"
+#include "attention/engine_driver.h"
 
 namespace lmkernels::attention {
 
@@ -74,21 +72,6 @@ std::pair<std::vector<int64_t>, std::vector<int64_t>> check_varlen_args(
 
 namespace {
 
-using ItemKernel = void (*)(const Args&, const WorkItem&, float*);
-
-ItemKernel pick_kernel() {
-  switch (active_isa()) {
-#ifndef LMKERNELS_NO_X86_SIMD
-    case CpuIsa::kAvx512:
-      return run_item_avx512;
-    case CpuIsa::kAvx2:
-      return run_item_avx2;
-#endif
-    default:
-      return run_item_scalar;
-  }
-}
-
 std::tuple<at::Tensor, at::Tensor> varlen_attention_cpu(const at::Tensor& q, const at::Tensor& k,
                                                         const at::Tensor& v,
                                                         const at::Tensor& cu_seqlens_q,
@@ -113,6 +96,10 @@ std::tuple<at::Tensor, at::Tensor> varlen_attention_cpu(const at::Tensor& q, con
   args.dtype = q.scalar_type() == at::kFloat      ? StorageDtype::kFloat32
                : q.scalar_type() == at::kBFloat16 ? StorageDtype::kBFloat16
                                                   : StorageDtype::kFloat16;
+  args.q_base = cu_q.data();
+  args.k_base = cu_k.data();
+  args.lse_stride_token = heads_q;
+  args.lse_stride_head = 1;
   args.q_stride_token = q.stride(0);
   args.q_stride_head = q.stride(1);
   args.k_stride_token = k32.stride(0);
@@ -143,30 +130,14 @@ std::tuple<at::Tensor, at::Tensor> varlen_attention_cpu(const at::Tensor& q, con
       const int64_t qe = std::min(len_q, qb + step);
       const int64_t key_end = causal ? std::clamp<int64_t>(qe + len_k - len_q, 0, len_k) : len_k;
       for (int64_t h = 0; h < heads_kv; ++h) {
-        items.push_back({b, h, qb, qe, nullptr, 1});
+        items.push_back({b, h, qb, qe, nullptr, 1, nullptr});
         spans.push_back({0, key_end});
         cost.push_back((qe - qb) * (key_end + kKeyTile));
       }
     }
   }
-  // Heaviest first, handed out dynamically: the longest-processing-time rule keeps the
-  // threads busy to the end even with one long sequence among many short ones.
-  std::vector<int64_t> order(items.size());
-  for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int64_t>(i);
-  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return cost[a] > cost[b]; });
   for (size_t i = 0; i < items.size(); ++i) items[i].spans = &spans[i];
-
-  const ItemKernel kernel = pick_kernel();
-  const int64_t threads = std::min<int64_t>(at::get_num_threads(), static_cast<int64_t>(items.size()));
-  std::atomic<int64_t> next{0};
-  const int64_t floats = scratch_floats(group, dim);
-  at::parallel_for(0, threads, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> scratch(floats);
-    for (int64_t claimed = next.fetch_add(1); claimed < static_cast<int64_t>(order.size());
-         claimed = next.fetch_add(1)) {
-      kernel(args, items[order[claimed]], scratch.data());
-    }
-  });
+  run_schedule(args, items, cost);
   return {out, lse};
 }
 

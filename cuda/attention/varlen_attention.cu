@@ -1,5 +1,5 @@
-// varlen_attention on CUDA, correctness-first: one warp per (query token, query head); lanes
-// split head_dim, scores are warp sums, online softmax in fp32 as on CPU. Same checks, same
+// varlen_attention on CUDA, correctness-first: one warp per (query token, query head)
+// (warp_row_attention.cuh), online softmax in fp32 as on CPU. Same checks, same
 // masking convention (causal aligned bottom right), same outputs (0 and -inf LSE for rows
 // that see no key). An FA2-style tiled kernel for the same schedule is the next step.
 #include <ATen/core/Tensor.h>
@@ -12,27 +12,10 @@
 #include <cmath>
 
 #include "attention/varlen_attention.h"
-#include "lmkernels/dtype.h"
+#include "attention/warp_row_attention.cuh"
 
 namespace lmkernels::attention {
 namespace {
-
-constexpr int kWarp = 32;
-constexpr int kMaxPerLane = 16;  // head_dim <= 512
-
-template <StorageDtype D>
-__device__ float load(const void* base, int64_t i) {
-  if constexpr (D == StorageDtype::kFloat32) return static_cast<const float*>(base)[i];
-  else if constexpr (D == StorageDtype::kBFloat16) return bf16_to_f32(static_cast<const uint16_t*>(base)[i]);
-  else return f16_to_f32(static_cast<const uint16_t*>(base)[i]);
-}
-
-template <StorageDtype D>
-__device__ void store(void* base, int64_t i, float v) {
-  if constexpr (D == StorageDtype::kFloat32) static_cast<float*>(base)[i] = v;
-  else if constexpr (D == StorageDtype::kBFloat16) static_cast<uint16_t*>(base)[i] = f32_to_bf16(v);
-  else static_cast<uint16_t*>(base)[i] = f32_to_f16(v);
-}
 
 struct Strides {
   int64_t q_token, q_head, k_token, k_head, v_token, v_head, o_token, o_head;
@@ -45,7 +28,6 @@ __global__ void varlen_attention_kernel(const void* q, const void* k, const void
                                         int64_t heads_kv, int64_t dim, Strides st, bool causal,
                                         float scale_log2) {
   const int64_t row = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / kWarp;
-  const int lane = threadIdx.x % kWarp;
   if (row >= total_q * heads_q) return;
   const int64_t token = row / heads_q;
   const int64_t head = row % heads_q;
@@ -62,47 +44,16 @@ __global__ void varlen_attention_kernel(const void* q, const void* k, const void
   int64_t key_end = causal ? i + (len_k - len_q) + 1 : len_k;
   key_end = key_end < 0 ? 0 : (key_end > len_k ? len_k : key_end);
 
-  float qv[kMaxPerLane], acc[kMaxPerLane];
-  const void* q_row = static_cast<const char*>(q) + (token * st.q_token + head * st.q_head) * (D == StorageDtype::kFloat32 ? 4 : 2);
-#pragma unroll
-  for (int t = 0; t < kMaxPerLane; ++t) {
-    const int64_t d = lane + t * kWarp;
-    qv[t] = d < dim ? load<D>(q_row, d) * scale_log2 : 0.0f;
-    acc[t] = 0.0f;
-  }
-  float m = -INFINITY, l = 0.0f;
+  constexpr int64_t elem = elem_bytes<D>();
+  const char* q_row = static_cast<const char*>(q) + (token * st.q_token + head * st.q_head) * elem;
+  WarpRowAttention<D> row_state(q_row, dim, scale_log2);
   for (int64_t j = 0; j < key_end; ++j) {
     const int64_t key = cu_k[b] + j;
-    const int64_t elem = D == StorageDtype::kFloat32 ? 4 : 2;
-    const void* k_row = static_cast<const char*>(k) + (key * st.k_token + kv_head * st.k_head) * elem;
-    const void* v_row = static_cast<const char*>(v) + (key * st.v_token + kv_head * st.v_head) * elem;
-    float partial = 0.0f;
-#pragma unroll
-    for (int t = 0; t < kMaxPerLane; ++t) {
-      const int64_t d = lane + t * kWarp;
-      if (d < dim) partial = fmaf(qv[t], load<D>(k_row, d), partial);
-    }
-#pragma unroll
-    for (int offset = kWarp / 2; offset > 0; offset /= 2) partial += __shfl_xor_sync(0xffffffffu, partial, offset);
-    const float m_new = fmaxf(m, partial);
-    const float alpha = exp2f(m - m_new);
-    const float p = exp2f(partial - m_new);
-    l = l * alpha + p;
-    m = m_new;
-#pragma unroll
-    for (int t = 0; t < kMaxPerLane; ++t) {
-      const int64_t d = lane + t * kWarp;
-      if (d < dim) acc[t] = fmaf(p, load<D>(v_row, d), acc[t] * alpha);
-    }
+    row_state.visit(static_cast<const char*>(k) + (key * st.k_token + kv_head * st.k_head) * elem,
+                    static_cast<const char*>(v) + (key * st.v_token + kv_head * st.v_head) * elem);
   }
-  const float inv = l > 0.0f ? 1.0f / l : 0.0f;
-  void* o_row = static_cast<char*>(out) + (token * st.o_token + head * st.o_head) * (D == StorageDtype::kFloat32 ? 4 : 2);
-#pragma unroll
-  for (int t = 0; t < kMaxPerLane; ++t) {
-    const int64_t d = lane + t * kWarp;
-    if (d < dim) store<D>(o_row, d, acc[t] * inv);
-  }
-  if (lse != nullptr && lane == 0) lse[token * heads_q + head] = l > 0.0f ? (m + log2f(l)) * 0.6931471805599453f : -INFINITY;
+  row_state.finish(static_cast<char*>(out) + (token * st.o_token + head * st.o_head) * elem,
+                   lse != nullptr ? lse + token * heads_q + head : nullptr);
 }
 
 std::tuple<at::Tensor, at::Tensor> varlen_attention_cuda(const at::Tensor& q, const at::Tensor& k,

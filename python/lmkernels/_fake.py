@@ -20,3 +20,10 @@ def _varlen_attention_fake(q, k, v, cu_seqlens_q, cu_seqlens_k, causal, scale, r
 @torch.library.register_fake("lmkernels::pack_sequences")
 def _pack_sequences_fake(lengths, capacity, algorithm):
     return lengths.new_empty(lengths.shape, dtype=torch.int64), lengths.new_empty(lengths.shape, dtype=torch.int64)
+
+
+@torch.library.register_fake("lmkernels::block_sparse_attention")
+def _block_sparse_attention_fake(q, k, v, crow, col, block_size, causal, scale, return_lse):
+    out = q.new_empty(q.shape)
+    lse = q.new_empty((q.shape[0] if return_lse else 0, q.shape[1], q.shape[2]), dtype=torch.float32)
+    return out, lse

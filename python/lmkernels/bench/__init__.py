@@ -4,6 +4,6 @@ Each core has a module here with `run(quick) -> list[Row]`; baselines and ours a
 the same process, and the report gives medians and ratios. Benchmarks never assert on time.
 """
 
-from .harness import Row, measure
+from .harness import Row, compare
 
-__all__ = ["Row", "measure"]
+__all__ = ["Row", "compare"]

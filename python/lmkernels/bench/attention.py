@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from lmkernels import varlen_attention
 
-from .harness import Row, compare
+from .harness import Row, compare, plot_series
 
 CORE = "attention"
 
@@ -84,4 +84,13 @@ def run(quick: bool, out_dir: Path | None = None) -> list[Row]:
     rows += _varlen_case(32, 165, 64, quick)
     if not quick:
         rows += _varlen_case(32, 600, 64, quick)
+    if out_dir is not None and len(sizes) > 1:
+        for dtype in ("float32", "bfloat16"):
+            series: dict[str, list[tuple[float, float]]] = {}
+            for r in rows:
+                if r.case.startswith("causal") and "H=8/8" in r.case and r.case.endswith(dtype):
+                    n = int(r.case.split("N=")[1].split()[0])
+                    series.setdefault(r.impl, []).append((n, r.extra["GFLOP/s"]))
+            plot_series(out_dir / f"attention_{dtype}.png", f"causal attention, 8 heads x 128, {dtype}, 2 threads",
+                        "sequence length N", "GFLOP/s (useful causal work)", series)
     return rows

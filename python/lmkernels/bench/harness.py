@@ -33,32 +33,14 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def measure(fn: Callable[[], Any], *, quick: bool, device: str = "cpu",
-            min_time_s: float | None = None, max_repeats: int = 200) -> tuple[float, float, int]:
-    """Median and inter-quartile range (milliseconds) of `fn()`, after warm-up.
-
-    Repeats until `min_time_s` of samples (0.3 s quick, 1.5 s full) or `max_repeats`; at
-    least 5 samples. The machine is noisy, so medians, never means.
-    """
-    min_time_s = (0.3 if quick else 1.5) if min_time_s is None else min_time_s
-    for _ in range(2):
-        fn()
-    _sync(device)
-    samples: list[float] = []
-    start = time.perf_counter()
-    while len(samples) < 5 or (time.perf_counter() - start < min_time_s and len(samples) < max_repeats):
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        samples.append((time.perf_counter() - t0) * 1e3)
-    q = statistics.quantiles(samples, n=4) if len(samples) >= 4 else [samples[0]] * 3
-    return statistics.median(samples), q[2] - q[0], len(samples)
-
-
 def compare(core: str, case: str, impls: dict[str, Callable[[], Any]], *, baseline: str,
-            quick: bool, device: str = "cpu",
+            quick: bool, device: str = "cpu", min_rounds: int = 5,
             extra: Callable[[str, float], dict[str, Any]] | None = None) -> list[Row]:
-    """Time every impl of one case in interleaved rounds, so drift and noise hit all alike."""
+    """Time every impl of one case in interleaved rounds, so drift and noise hit all alike.
+
+    At least `min_rounds` rounds, then more until each impl had about 0.3 s (quick) or 1.5 s
+    of samples, at most 200. The machine is noisy: medians, never means.
+    """
     min_time_s = 0.3 if quick else 1.5
     for fn in impls.values():
         fn()
@@ -67,7 +49,7 @@ def compare(core: str, case: str, impls: dict[str, Callable[[], Any]], *, baseli
     samples: dict[str, list[float]] = {name: [] for name in impls}
     start = time.perf_counter()
     rounds = 0
-    while rounds < 5 or (time.perf_counter() - start < min_time_s * len(impls) and rounds < 200):
+    while rounds < min_rounds or (time.perf_counter() - start < min_time_s * len(impls) and rounds < 200):
         for name, fn in impls.items():
             t0 = time.perf_counter()
             fn()
@@ -138,3 +120,26 @@ def write_json(path: Path, core_rows: dict[str, list[Row]], quick: bool) -> None
         "results": {core: [asdict(r) for r in rows] for core, rows in core_rows.items()},
     }
     path.write_text(json.dumps(payload, indent=1) + "\n")
+
+
+def plot_series(path: Path, title: str, x_label: str, y_label: str,
+                series: dict[str, list[tuple[float, float]]]) -> None:
+    """One line per series (matplotlib, headless)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, points in series.items():
+        xs, ys = zip(*sorted(points))
+        ax.plot(xs, ys, marker="o", label=name)
+    ax.set_xlabel(x_label)
+    ax.set_ylabel(y_label)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,84 @@
+// One warp computes softmax attention for one query row: lanes split head_dim, scores are warp
+// sums, online softmax in fp32 (exp2, scale folded into q). Shared by the correctness-first
+// CUDA kernels of varlen_attention and block_sparse_attention, which differ only in which
+// keys they visit.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "lmkernels/dtype.h"
+
+namespace lmkernels::attention {
+
+constexpr int kWarp = 32;
+constexpr int kMaxPerLane = 16;  // head_dim <= 512
+
+template <StorageDtype D>
+__device__ float load_elem(const void* base, int64_t i) {
+  if constexpr (D == StorageDtype::kFloat32) return static_cast<const float*>(base)[i];
+  else if constexpr (D == StorageDtype::kBFloat16) return bf16_to_f32(static_cast<const uint16_t*>(base)[i]);
+  else return f16_to_f32(static_cast<const uint16_t*>(base)[i]);
+}
+
+template <StorageDtype D>
+__device__ void store_elem(void* base, int64_t i, float v) {
+  if constexpr (D == StorageDtype::kFloat32) static_cast<float*>(base)[i] = v;
+  else if constexpr (D == StorageDtype::kBFloat16) static_cast<uint16_t*>(base)[i] = f32_to_bf16(v);
+  else static_cast<uint16_t*>(base)[i] = f32_to_f16(v);
+}
+
+template <StorageDtype D>
+constexpr int64_t elem_bytes() { return D == StorageDtype::kFloat32 ? 4 : 2; }
+
+template <StorageDtype D>
+struct WarpRowAttention {
+  float q[kMaxPerLane], acc[kMaxPerLane];
+  float m = -INFINITY, l = 0.0f;
+  int lane;
+  int64_t dim;
+
+  __device__ WarpRowAttention(const void* q_row, int64_t head_dim, float scale_log2)
+      : lane(threadIdx.x % kWarp), dim(head_dim) {
+#pragma unroll
+    for (int t = 0; t < kMaxPerLane; ++t) {
+      const int64_t d = lane + t * kWarp;
+      q[t] = d < dim ? load_elem<D>(q_row, d) * scale_log2 : 0.0f;
+      acc[t] = 0.0f;
+    }
+  }
+
+  __device__ void visit(const void* k_row, const void* v_row) {
+    float partial = 0.0f;
+#pragma unroll
+    for (int t = 0; t < kMaxPerLane; ++t) {
+      const int64_t d = lane + t * kWarp;
+      if (d < dim) partial = fmaf(q[t], load_elem<D>(k_row, d), partial);
+    }
+#pragma unroll
+    for (int offset = kWarp / 2; offset > 0; offset /= 2) partial += __shfl_xor_sync(0xffffffffu, partial, offset);
+    const float m_new = fmaxf(m, partial);
+    const float alpha = exp2f(m - m_new);
+    const float p = exp2f(partial - m_new);
+    l = l * alpha + p;
+    m = m_new;
+#pragma unroll
+    for (int t = 0; t < kMaxPerLane; ++t) {
+      const int64_t d = lane + t * kWarp;
+      if (d < dim) acc[t] = fmaf(p, load_elem<D>(v_row, d), acc[t] * alpha);
+    }
+  }
+
+  // Rows that saw no key write 0 and LSE -inf.
+  __device__ void finish(void* out_row, float* lse) const {
+    const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+#pragma unroll
+    for (int t = 0; t < kMaxPerLane; ++t) {
+      const int64_t d = lane + t * kWarp;
+      if (d < dim) store_elem<D>(out_row, d, acc[t] * inv);
+    }
+    if (lse != nullptr && lane == 0) *lse = l > 0.0f ? (m + log2f(l)) * 0.6931471805599453f : -INFINITY;
+  }
+};
+
+}  // namespace lmkernels::attention

@@ -1,0 +1,97 @@
+// block_sparse_attention on CUDA, correctness-first: one warp per (batch, query head, query
+// token) walks the key blocks its query block lists (warp_row_attention.cuh). The FA2-style
+// tiled kernel with cp.async prefetch and K/V shared across a GQA group is the next step.
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include "attention/warp_row_attention.cuh"
+#include "sparse/block_sparse_attention.h"
+
+namespace lmkernels::sparse {
+namespace {
+
+using attention::WarpRowAttention;
+using attention::elem_bytes;
+using attention::kWarp;
+
+struct Strides {
+  int64_t q[3], k[3], v[3], o[3];  // batch, head, token
+};
+
+template <StorageDtype D>
+__global__ void block_sparse_attention_kernel(const void* q, const void* k, const void* v, void* out,
+                                              float* lse, const int64_t* crow, const int64_t* col,
+                                              int64_t batch, int64_t heads_q, int64_t heads_kv,
+                                              int64_t tokens, int64_t dim, int64_t block_size,
+                                              int64_t blocks, int64_t width, Strides st, bool causal,
+                                              float scale_log2) {
+  const int64_t row = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / kWarp;
+  if (row >= batch * heads_q * tokens) return;
+  const int64_t n = row % tokens;
+  const int64_t head = (row / tokens) % heads_q;
+  const int64_t b = row / (tokens * heads_q);
+  const int64_t kv_head = head / (heads_q / heads_kv);
+  const int64_t i = n / block_size;
+  const int64_t bh = b * heads_q + head;
+  constexpr int64_t elem = elem_bytes<D>();
+  const char* q_row = static_cast<const char*>(q) + (b * st.q[0] + head * st.q[1] + n * st.q[2]) * elem;
+  WarpRowAttention<D> row_state(q_row, dim, scale_log2);
+  for (int64_t e = crow[bh * (blocks + 1) + i]; e < crow[bh * (blocks + 1) + i + 1]; ++e) {
+    const int64_t block = col[bh * width + e];
+    const int64_t begin = block * block_size;
+    int64_t end = begin + block_size < tokens ? begin + block_size : tokens;
+    if (causal && end > n + 1) end = n + 1;
+    for (int64_t j = begin; j < end; ++j) {
+      row_state.visit(static_cast<const char*>(k) + (b * st.k[0] + kv_head * st.k[1] + j * st.k[2]) * elem,
+                      static_cast<const char*>(v) + (b * st.v[0] + kv_head * st.v[1] + j * st.v[2]) * elem);
+    }
+  }
+  row_state.finish(static_cast<char*>(out) + (b * st.o[0] + head * st.o[1] + n * st.o[2]) * elem,
+                   lse != nullptr ? lse + row : nullptr);
+}
+
+std::tuple<at::Tensor, at::Tensor> block_sparse_attention_cuda(const at::Tensor& q, const at::Tensor& k,
+                                                               const at::Tensor& v, const at::Tensor& crow,
+                                                               const at::Tensor& col, int64_t block_size,
+                                                               bool causal, double scale, bool return_lse) {
+  const BlockIndex index = check_block_sparse_args(q, k, v, crow, col, block_size, scale);
+  const c10::cuda::CUDAGuard guard(q.device());
+  const int64_t batch = q.size(0), heads_q = q.size(1), tokens = q.size(2), dim = q.size(3);
+  at::Tensor out = at::empty({batch, heads_q, tokens, dim}, q.options());
+  at::Tensor lse = at::empty({return_lse ? batch : 0, heads_q, tokens}, q.options().dtype(at::kFloat));
+  if (out.numel() == 0) return {out, lse};
+  const at::Tensor crow_dev = crow.to(at::kLong).contiguous();
+  const at::Tensor col_dev = col.to(at::kLong).contiguous();
+  const Strides st{{q.stride(0), q.stride(1), q.stride(2)}, {k.stride(0), k.stride(1), k.stride(2)},
+                   {v.stride(0), v.stride(1), v.stride(2)}, {out.stride(0), out.stride(1), out.stride(2)}};
+  const int threads = 128;
+  const int64_t rows = batch * heads_q * tokens;
+  const int64_t grid = (rows * kWarp + threads - 1) / threads;
+  TORCH_CHECK(grid < (int64_t(1) << 31), "block_sparse_attention: too many query rows for one launch");
+  const float scale_log2 = static_cast<float>(scale) * 1.4426950408889634f;
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  auto launch = [&](auto tag) {
+    constexpr StorageDtype D = decltype(tag)::value;
+    block_sparse_attention_kernel<D><<<static_cast<unsigned>(grid), threads, 0, stream>>>(
+        q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), return_lse ? lse.data_ptr<float>() : nullptr,
+        crow_dev.data_ptr<int64_t>(), col_dev.data_ptr<int64_t>(), batch, heads_q, k.size(1), tokens, dim,
+        block_size, index.blocks, index.width, st, causal, scale_log2);
+  };
+  switch (q.scalar_type()) {
+    case at::kBFloat16: launch(std::integral_constant<StorageDtype, StorageDtype::kBFloat16>{}); break;
+    case at::kHalf: launch(std::integral_constant<StorageDtype, StorageDtype::kFloat16>{}); break;
+    default: launch(std::integral_constant<StorageDtype, StorageDtype::kFloat32>{}); break;
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return {out, lse};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(lmkernels, CUDA, m) { m.impl("block_sparse_attention", &block_sparse_attention_cuda); }
+
+}  // namespace lmkernels::sparse

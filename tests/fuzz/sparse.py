@@ -1,0 +1,75 @@
+"""Fuzzer for lmkernels::block_sparse_attention (raw op)."""
+
+from __future__ import annotations
+
+import hypothesis.strategies as st
+import torch
+
+import lmkernels
+import reference
+from lmkernels.sparse import BlockIndex
+
+from . import fuzzer, record
+from .common import CLEAR_ERRORS, FLOAT_DTYPES, cpu_isa, num_threads, special_values
+
+OP = "lmkernels::block_sparse_attention"
+TOL = {torch.float32: 5e-5, torch.bfloat16: 3e-2, torch.float16: 5e-3}
+
+
+@fuzzer(OP)
+def fuzz_block_sparse_attention(data):
+    draw = data.draw
+    fault = draw(st.sampled_from([None] * 7 + ["block_size", "crow", "col order", "col range", "shape", "dtype"]),
+                 label="fault")
+    dtype = draw(st.sampled_from(FLOAT_DTYPES), label="dtype")
+    batch = draw(st.integers(1, 2), label="batch")
+    heads_kv = draw(st.integers(1, 2), label="heads_kv")
+    heads_q = heads_kv * draw(st.integers(1, 3), label="group")
+    n = draw(st.integers(0, 150), label="tokens")
+    dim = draw(st.integers(1, 72), label="head_dim")
+    bs = draw(st.sampled_from([16, 32, 64]), label="block_size")
+    causal = draw(st.booleans(), label="causal")
+    blocks = -(-n // bs)
+    density = draw(st.floats(0.0, 1.0), label="density")
+    mask = torch.rand(batch, heads_q, blocks, blocks, generator=torch.Generator().manual_seed(draw(st.integers(0, 99)))) < density
+    q = draw(special_values((batch, heads_q, n, dim), dtype), label="q")
+    k = draw(special_values((batch, heads_kv, n, dim), dtype), label="k")
+    v = draw(special_values((batch, heads_kv, n, dim), dtype), label="v")
+    crow, col = BlockIndex.from_mask(mask)
+    if fault == "block_size":
+        bs = draw(st.sampled_from([0, 48, 512]))
+    elif fault == "crow":
+        crow = crow[..., :-1]
+    elif fault == "col order" and col.shape[-1] >= 2 and int(crow[0, 0, -1]) >= 2:
+        col = col.clone()
+        col[0, 0, 0], col[0, 0, 1] = col[0, 0, 1].item(), col[0, 0, 0].item()
+    elif fault == "col range":
+        col = col.clone()
+        col[..., 0] = blocks + 3
+        crow = crow.clone()
+        crow[..., -1] = crow[..., -1].clamp_min(1)
+        crow[..., 1:] = crow[..., 1:].clamp_min(1)
+    elif fault == "shape":
+        k = k[:, :, : max(0, n - 1)]
+        v = v[:, :, : max(0, n - 1)]
+    elif fault == "dtype":
+        v = v.double()
+    try:
+        out, lse = torch.ops.lmkernels.block_sparse_attention(q, k, v, crow, col, bs, causal, 0.3, True)
+    except CLEAR_ERRORS as err:
+        assert "block_sparse_attention" in str(err), f"unclear error: {err}"
+        record(OP, "error")
+        return
+    record(OP, "ok")
+    assert out.shape == q.shape and lse.shape == q.shape[:3]
+    finite = all(torch.isfinite(t.float()).all() for t in (q, k, v))
+    if finite and all(t.abs().max() < 1e10 for t in (q, k, v) if t.numel()):
+        want, want_lse = reference.block_sparse_attention(q, k, v, BlockIndex(crow, col).to_mask(blocks), bs, causal, 0.3)
+        torch.testing.assert_close(out, want, atol=TOL[dtype], rtol=TOL[dtype])
+    for isa in lmkernels.supported_cpu_isas():
+        with cpu_isa(isa):
+            again = torch.ops.lmkernels.block_sparse_attention(q, k, v, crow, col, bs, causal, 0.3, True)[0]
+        assert torch.equal(again.nan_to_num(), out.nan_to_num()), f"cpu path {isa} differs"
+    with num_threads(1):
+        single = torch.ops.lmkernels.block_sparse_attention(q, k, v, crow, col, bs, causal, 0.3, True)[0]
+    assert torch.equal(single.nan_to_num(), out.nan_to_num()), "1 thread differs"
