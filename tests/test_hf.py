@@ -87,3 +87,22 @@ def test_prefill_bad_inputs(model):
     with pytest.raises(ValueError, match="does not fit the capacity 3"):
         hf.prefill(model, [[1, 2, 3, 4]], 3)
     assert model.config._attn_implementation == "sdpa"
+
+
+@torch.no_grad()
+def test_flex_prefill_attention_implementation(model):
+    """Above the length threshold the model runs FlexPrefill; gamma=1 makes it exact."""
+    hf.register()
+    ids = torch.randint(0, 120, (1, 200))
+    want = model(input_ids=ids).logits
+    model.config.flex_prefill_min_len = 100
+    model.config.flex_prefill = {"gamma": 1.0, "min_budget": 0, "block_size": 16}
+    model.set_attn_implementation(hf.FLEX_ATTENTION_NAME)
+    try:
+        got = model(input_ids=ids).logits
+        short = model(input_ids=ids[:, :50]).logits  # below the threshold: varlen path
+    finally:
+        model.set_attn_implementation("sdpa")
+        del model.config.flex_prefill_min_len, model.config.flex_prefill
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(short, model(input_ids=ids[:, :50]).logits, atol=1e-4, rtol=1e-4)

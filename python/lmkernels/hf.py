@@ -1,6 +1,7 @@
 """transformers integration: lmkernels attention inside Llama/Mistral/Qwen-family models.
 
-``register()`` adds ``"lmkernels_varlen"`` to transformers' attention registry. With it, a
+``register()`` adds ``"lmkernels_varlen"`` and ``"lmkernels_flex_prefill"`` (FlexPrefill for
+long prefills, varlen attention for the rest) to transformers' attention registry. With it, a
 forward call that passes ``cu_seq_lens_q`` / ``cu_seq_lens_k`` (and position ids restarting
 per prompt) runs packed prompts through :func:`lmkernels.varlen_attention`, each prompt
 attending only to itself, without building any mask. ``prefill`` uses it to prefill many
@@ -19,6 +20,7 @@ from .attention import varlen_attention
 from .prepack import Packing, pack
 
 ATTENTION_NAME = "lmkernels_varlen"
+FLEX_ATTENTION_NAME = "lmkernels_flex_prefill"
 DEFAULT_ROW_TOKENS = 4096
 
 
@@ -59,11 +61,41 @@ def varlen_attention_forward(
     return out.view(batch, q_len, heads, dim), None
 
 
+def flex_prefill_attention_forward(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """transformers attention function: FlexPrefill for a prefill of at least
+    ``flex_prefill_min_len`` tokens (module or model config attribute, default 4096;
+    FlexPrefill options from ``config.flex_prefill`` as a dict), varlen attention otherwise
+    (short prompts, decoding, packed rows)."""
+    from .flex_prefill import flex_prefill_attention
+
+    config = getattr(module, "config", None)
+    min_len = getattr(config, "flex_prefill_min_len", 4096)
+    is_prefill = query.shape[2] == key.shape[2]
+    if not is_prefill or query.shape[2] < min_len or kwargs.get("cu_seq_lens_q") is not None:
+        return varlen_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
+    if dropout and module.training:
+        raise NotImplementedError("lmkernels_flex_prefill attention has no dropout; use it for inference")
+    options = dict(getattr(config, "flex_prefill", None) or {})
+    out = flex_prefill_attention(query, key, value, scale=scaling, **options)
+    return out.transpose(1, 2), None
+
+
 def register() -> str:
-    """Register ``"lmkernels_varlen"`` with transformers (idempotent); returns the name."""
+    """Register ``"lmkernels_varlen"`` and ``"lmkernels_flex_prefill"`` with transformers
+    (idempotent); returns the varlen name."""
     from transformers import AttentionInterface
 
     AttentionInterface.register(ATTENTION_NAME, varlen_attention_forward)
+    AttentionInterface.register(FLEX_ATTENTION_NAME, flex_prefill_attention_forward)
     return ATTENTION_NAME
 
 

@@ -1,0 +1,111 @@
+"""FlexPrefill: pattern choice, cumulative-attention selection, and end-to-end accuracy."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lmkernels.bench.sparse import planted_inputs
+from lmkernels.flex_prefill import _keep_until, build_flex_index, flex_prefill_attention
+
+
+def rel_err(out, want):
+    return float((out.float() - want.float()).norm() / want.float().norm())
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.floats(0.0, 10.0), min_size=1, max_size=40), st.floats(0.05, 1.0), st.integers(1, 5))
+def test_selection_is_the_fewest_blocks_reaching_gamma(scores, gamma, lo):
+    x = torch.tensor(scores, dtype=torch.float64)[None]
+    lo = min(lo, x.shape[-1])
+    keep = _keep_until(x, gamma, lo, x.shape[-1])[0]
+    total = float(x.sum())
+    kept_mass = float(x[0][keep].sum())
+    assert kept_mass >= gamma * total - 1e-9 or int(keep.sum()) == x.shape[-1]
+    if int(keep.sum()) > lo:  # minimal: dropping the smallest kept entry falls short of gamma
+        assert kept_mass - float(x[0][keep].min()) < gamma * total + 1e-9
+    # The kept entries are the top ones.
+    if keep.any() and (~keep).any():
+        assert float(x[0][keep].min()) >= float(x[0][~keep].max())
+
+
+def test_planted_structure_is_found_and_error_is_small():
+    q, k, v = planted_inputs(1, 2, 4096, 64, seed=3)
+    dense = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    errors = {}
+    for gamma in (0.8, 0.9, 0.95):
+        out, stats = flex_prefill_attention(q, k, v, gamma=gamma, return_stats=True)
+        errors[gamma] = rel_err(out, dense)
+        assert not stats.query_aware.any()  # columns and a band: vertical-slash heads
+        assert float(stats.density.max()) < 0.75
+    assert errors[0.95] < 0.06
+    assert errors[0.95] <= errors[0.8] + 1e-6
+    # The planted columns (sink and strong keys) are selected for every row that can see them.
+    index, _ = build_flex_index(q, k, gamma=0.95, tau=0.1, min_budget=512, max_budget=None, block_size=128,
+                                scale=64 ** -0.5)
+    mask = index.to_mask(32)
+    # Ground truth: every key block holding at least 2% of the attention of a query block
+    # far from the one used for estimation (its diagonal aside) must be listed for it.
+    scores = (q[0, :, 3840 - 128:3840] @ k[0].transpose(-1, -2)) * 64 ** -0.5
+    scores = scores.masked_fill(torch.arange(4096) > torch.arange(3840 - 128, 3840)[:, None], float("-inf"))
+    mass = scores.softmax(-1).sum(1).unflatten(-1, (32, 128)).sum(-1)   # [heads, key blocks]
+    share = mass / mass.sum(-1, keepdim=True)
+    share[:, 29] = 0
+    for h in range(2):
+        heavy = (share[h] >= 0.02).nonzero().flatten()
+        assert len(heavy) >= 3 and mask[0, h, 29, heavy].all(), f"head {h}: {heavy.tolist()} not all selected"
+
+
+def test_gamma_one_without_budget_cap_is_dense():
+    q, k, v = (torch.randn(2, 4, 700, 64) for _ in range(3))
+    out, stats = flex_prefill_attention(q, k, v, gamma=1.0, min_budget=0, block_size=64, return_stats=True)
+    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, is_causal=True), atol=2e-5, rtol=2e-5)
+    assert torch.allclose(stats.density, torch.ones(2, 4))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_batch_gqa_and_odd_length(dtype):
+    q, k, v = planted_inputs(2, 8, 1500, 64, seed=1, dtype=dtype)
+    k, v = k[:, ::4].contiguous(), v[:, ::4].contiguous()  # 8 query heads over 2 KV heads
+    out = flex_prefill_attention(q, k, v, gamma=0.95, block_size=64, min_budget=256)
+    dense = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=True, enable_gqa=True)
+    assert out.dtype == dtype and out.shape == q.shape
+    assert rel_err(out, dense) < 0.1
+
+
+def test_short_inputs_run_dense():
+    q, k, v = (torch.randn(1, 2, 300, 32) for _ in range(3))
+    out, stats = flex_prefill_attention(q, k, v, return_stats=True)
+    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, is_causal=True), atol=2e-5, rtol=2e-5)
+    assert torch.equal(stats.density, torch.ones(1, 2))
+
+
+def test_bad_arguments():
+    q = torch.randn(1, 2, 600, 32)
+    with pytest.raises(ValueError, match="gamma must be in"):
+        flex_prefill_attention(q, q, q, gamma=0.0)
+    with pytest.raises(ValueError, match="tau must be >= 0"):
+        flex_prefill_attention(q, q, q, tau=-1.0)
+    with pytest.raises(ValueError, match="block_size must be one of"):
+        flex_prefill_attention(q, q, q, block_size=100)
+    with pytest.raises(ValueError, match="shapes do not match"):
+        flex_prefill_attention(q, q[:, :, :10], q)
+    with pytest.raises(ValueError, match="multiple of heads_kv"):
+        flex_prefill_attention(torch.randn(1, 3, 600, 32), q, q)
+
+
+def test_slash_block_mass_matches_a_loop():
+    from lmkernels.flex_prefill import _slash_block_mass
+
+    n, rows, bs = 37, 8, 5
+    p = torch.rand(2, 3, rows, n)
+    want = torch.zeros(2, 3, -(-n // bs))
+    for r in range(rows):
+        for j in range(n):
+            d = (n - rows + r) - j
+            if d >= 0:
+                want[..., d // bs] += p[..., r, j]
+    torch.testing.assert_close(_slash_block_mass(p, n, bs), want)
