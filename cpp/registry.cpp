@@ -12,6 +12,10 @@ TORCH_LIBRARY(lmkernels, m) {
   // Attention of q [B, Hq, N, D] over the key blocks a CSR index (crow, col) lists per query block.
   m.def("block_sparse_attention(Tensor q, Tensor k, Tensor v, Tensor crow, Tensor col, int block_size, bool causal, float scale, bool return_lse) -> (Tensor, Tensor)");
   // Attention over packed variable-length sequences; q [total_q, Hq, D], k/v [total_k, Hkv, D].
+  // Per-token squared L2 distance between two KV tensors [batch, tokens, heads, head_dim] -> [batch, tokens].
+  m.def("kv_deviation(Tensor a, Tensor b) -> Tensor");
+  // Per row, the max(floor(ratio * tokens), 1) highest-scoring token indices, ascending (ties: lower index).
+  m.def("select_tokens(Tensor scores, float ratio) -> Tensor");
   // Bin-pack sequence lengths into rows of `capacity` tokens ("bfd" or "ffd"); -> (row, offset).
   m.def("pack_sequences(Tensor lengths, int capacity, str algorithm) -> (Tensor, Tensor)");
   m.def("varlen_attention(Tensor q, Tensor k, Tensor v, Tensor cu_seqlens_q, Tensor cu_seqlens_k, bool causal, float scale, bool return_lse) -> (Tensor, Tensor)");

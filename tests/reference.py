@@ -99,3 +99,19 @@ def block_sparse_attention(q, k, v, block_mask, block_size, causal=True, scale=N
     lse = torch.logsumexp(s, -1)
     p = torch.exp(s - lse[..., None]).nan_to_num(0.0)
     return (p @ vd).to(q.dtype), lse.float()
+
+
+def kv_deviation(a, b):
+    """[batch, tokens, heads, dim] -> float64 [batch, tokens]: sum of squared differences."""
+    return ((a.double() - b.double()) ** 2).sum((-1, -2))
+
+
+def select_tokens(scores, ratio):
+    """Per row: the max(floor(ratio * n), 1) best indices (score desc, then index asc), ascending."""
+    n = scores.shape[-1]
+    k = 0 if n == 0 else max(int(ratio * n // 1), 1)
+    rows = []
+    for row in scores.float().tolist():
+        best = sorted(range(n), key=lambda i: (-row[i], i))[:k]
+        rows.append(sorted(best))
+    return torch.tensor(rows, dtype=torch.int64).view(len(rows), k)

@@ -10,31 +10,11 @@
 
 #include "lmkernels/dtype.h"
 #include "lmkernels/rope.h"
+#include "lmkernels/storage.h"
 #include "rope_rerotate_kernel.h"
 
 namespace lmkernels {
 namespace {
-
-template <StorageDtype D>
-struct Storage;
-template <>
-struct Storage<StorageDtype::kFloat32> {
-  using T = float;
-  static float load(const T* p) { return *p; }
-  static void store(T* p, float v) { *p = v; }
-};
-template <>
-struct Storage<StorageDtype::kBFloat16> {
-  using T = uint16_t;
-  static float load(const T* p) { return bf16_to_f32(*p); }
-  static void store(T* p, float v) { *p = f32_to_bf16(v); }
-};
-template <>
-struct Storage<StorageDtype::kFloat16> {
-  using T = uint16_t;
-  static float load(const T* p) { return f16_to_f32(*p); }
-  static void store(T* p, float v) { *p = f32_to_f16(v); }
-};
 
 // Scalar rotation of pairs [first_pair, ...) of one head; the SIMD paths use it for tails.
 template <StorageDtype D>

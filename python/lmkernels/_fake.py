@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -27,3 +29,15 @@ def _block_sparse_attention_fake(q, k, v, crow, col, block_size, causal, scale, 
     out = q.new_empty(q.shape)
     lse = q.new_empty((q.shape[0] if return_lse else 0, q.shape[1], q.shape[2]), dtype=torch.float32)
     return out, lse
+
+
+@torch.library.register_fake("lmkernels::kv_deviation")
+def _kv_deviation_fake(a, b):
+    return a.new_empty(a.shape[:2], dtype=torch.float32)
+
+
+@torch.library.register_fake("lmkernels::select_tokens")
+def _select_tokens_fake(scores, ratio):
+    tokens = scores.shape[1]
+    k = 0 if tokens == 0 else max(int(math.floor(ratio * tokens)), 1)
+    return scores.new_empty((scores.shape[0], k), dtype=torch.int64)

@@ -29,4 +29,4 @@ def record(op_name: str, outcome: str) -> None:
     OUTCOMES.setdefault(op_name, Counter())[outcome] += 1
 
 
-from . import attention, prepack, rope, sparse  # noqa: E402,F401  (registers)
+from . import attention, kvcache, prepack, rope, sparse  # noqa: E402,F401  (registers)

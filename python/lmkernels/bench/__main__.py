@@ -21,7 +21,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="folder for per-core JSON and plots (default: bench/results)")
     parser.add_argument("--json", type=Path, default=None,
                         help="also write every core's results into this one JSON file")
+    parser.add_argument("--readme", type=Path, default=None,
+                        help="only refresh the tables between <!-- bench:CORE --> markers in this file "
+                             "from the results in --out, then exit")
     args = parser.parse_args(argv)
+    if args.readme is not None:
+        return update_readme(args.readme, args.out)
     unknown = [c for c in args.cores if c not in CORES]
     if unknown:
         parser.error(f"unknown core(s) {unknown}; choose from {sorted(CORES)}")
@@ -40,6 +45,21 @@ def main(argv: list[str] | None = None) -> int:
         (args.out / f"{core}{suffix}.md").write_text(format_table(rows) + "\n")
     if args.json:
         write_json(args.json, all_rows, args.quick)
+    return 0
+
+
+def update_readme(readme: Path, results: Path) -> int:
+    """Replace each `<!-- bench:CORE -->...<!-- /bench:CORE -->` block with results/CORE.md."""
+    text = readme.read_text()
+    for core in CORES:
+        table = results / f"{core}.md"
+        start, end = f"<!-- bench:{core} -->", f"<!-- /bench:{core} -->"
+        if table.exists() and start in text and end in text:
+            head, rest = text.split(start, 1)
+            _, tail = rest.split(end, 1)
+            text = f"{head}{start}\n{table.read_text().strip()}\n{end}{tail}"
+            print(f"updated the {core} table from {table}")
+    readme.write_text(text)
     return 0
 
 
