@@ -7,33 +7,39 @@
 #include <numeric>
 
 #include "lmkernels/cpu_isa.h"
+#include "lmkernels/torch_dtype.h"
 
 namespace lmkernels::attention {
 namespace {
 
 using ItemKernel = void (*)(const Args&, const WorkItem&, float*);
 
-ItemKernel pick_kernel() {
-  switch (active_isa()) {
-#ifndef LMKERNELS_NO_X86_SIMD
-    case CpuIsa::kAvx512:
-      return run_item_avx512;
-    case CpuIsa::kAvx2:
-      return run_item_avx2;
-#endif
-    default:
-      return run_item_scalar;
-  }
-}
 
 }  // namespace
+
+Args engine_args(const at::Tensor& q, const at::Tensor& k32, const at::Tensor& v32, at::Tensor& out,
+                 at::Tensor* lse, bool causal, double scale) {
+  Args args{};
+  args.q = q.data_ptr();
+  args.k = k32.data_ptr<float>();
+  args.v = v32.data_ptr<float>();
+  args.out = out.data_ptr();
+  args.lse = lse != nullptr ? lse->data_ptr<float>() : nullptr;
+  args.dtype = storage_dtype(q.scalar_type());
+  args.heads_q = q.size(1);  // heads are dim 1 in both [tokens, H, D] and [B, H, N, D]
+  args.heads_kv = k32.size(1);
+  args.head_dim = q.size(-1);
+  args.causal = causal;
+  args.scale = static_cast<float>(scale);
+  return args;
+}
 
 void run_schedule(const Args& args, const std::vector<WorkItem>& items, const std::vector<int64_t>& cost) {
   if (items.empty()) return;
   std::vector<int64_t> order(items.size());
   std::iota(order.begin(), order.end(), int64_t{0});
   std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return cost[a] > cost[b]; });
-  const ItemKernel kernel = pick_kernel();
+  const ItemKernel kernel = pick_for_isa<ItemKernel>(LMK_ISA_KERNELS(run_item_));
   const int64_t group = args.heads_q / args.heads_kv;
   const int64_t floats = scratch_floats(group, args.head_dim);
   const int64_t threads = std::min<int64_t>(at::get_num_threads(), static_cast<int64_t>(items.size()));

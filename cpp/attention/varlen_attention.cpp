@@ -87,15 +87,7 @@ std::tuple<at::Tensor, at::Tensor> varlen_attention_cpu(const at::Tensor& q, con
   // every visit (a no-op for fp32 inputs).
   const at::Tensor k32 = k.to(at::kFloat);
   const at::Tensor v32 = v.to(at::kFloat);
-  Args args{};
-  args.q = q.data_ptr();
-  args.k = k32.data_ptr<float>();
-  args.v = v32.data_ptr<float>();
-  args.out = out.data_ptr();
-  args.lse = return_lse ? lse.data_ptr<float>() : nullptr;
-  args.dtype = q.scalar_type() == at::kFloat      ? StorageDtype::kFloat32
-               : q.scalar_type() == at::kBFloat16 ? StorageDtype::kBFloat16
-                                                  : StorageDtype::kFloat16;
+  Args args = engine_args(q, k32, v32, out, return_lse ? &lse : nullptr, causal, scale);
   args.q_base = cu_q.data();
   args.k_base = cu_k.data();
   args.lse_stride_token = heads_q;
@@ -110,11 +102,6 @@ std::tuple<at::Tensor, at::Tensor> varlen_attention_cpu(const at::Tensor& q, con
   args.out_stride_head = out.stride(1);
   args.cu_seqlens_q = cu_q.data();
   args.cu_seqlens_k = cu_k.data();
-  args.heads_q = heads_q;
-  args.heads_kv = heads_kv;
-  args.head_dim = dim;
-  args.causal = causal;
-  args.scale = static_cast<float>(scale);
 
   // Varlen-causal schedule: one key span per item, up to the item's last visible key.
   const int64_t group = heads_q / heads_kv;

@@ -7,6 +7,7 @@
 
 #include "kv_deviation_kernel.h"
 #include "lmkernels/cpu_isa.h"
+#include "lmkernels/torch_dtype.h"
 
 namespace lmkernels {
 
@@ -29,18 +30,6 @@ namespace {
 
 using RowsKernel = void (*)(const KvDeviationArgs&, int64_t, int64_t);
 
-RowsKernel pick_kernel() {
-  switch (active_isa()) {
-#ifndef LMKERNELS_NO_X86_SIMD
-    case CpuIsa::kAvx512:
-      return kv_deviation_rows_avx512;
-    case CpuIsa::kAvx2:
-      return kv_deviation_rows_avx2;
-#endif
-    default:
-      return kv_deviation_rows_scalar;
-  }
-}
 
 at::Tensor kv_deviation_cpu(const at::Tensor& a, const at::Tensor& b) {
   check_kv_deviation_args(a, b);
@@ -49,9 +38,7 @@ at::Tensor kv_deviation_cpu(const at::Tensor& a, const at::Tensor& b) {
   KvDeviationArgs args{};
   args.a = a.data_ptr();
   args.b = b.data_ptr();
-  args.dtype = a.scalar_type() == at::kFloat      ? StorageDtype::kFloat32
-               : a.scalar_type() == at::kBFloat16 ? StorageDtype::kBFloat16
-                                                  : StorageDtype::kFloat16;
+  args.dtype = storage_dtype(a.scalar_type());
   args.tokens = a.size(1);
   args.heads = a.size(2);
   args.head_dim = a.size(3);
@@ -60,7 +47,7 @@ at::Tensor kv_deviation_cpu(const at::Tensor& a, const at::Tensor& b) {
     args.b_stride[i] = b.stride(i);
   }
   args.out = out.data_ptr<float>();
-  const RowsKernel kernel = pick_kernel();
+  const RowsKernel kernel = pick_for_isa<RowsKernel>(LMK_ISA_KERNELS(kv_deviation_rows_));
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, args.heads * args.head_dim));
   at::parallel_for(0, out.numel(), grain, [&](int64_t begin, int64_t end) { kernel(args, begin, end); });
   return out;

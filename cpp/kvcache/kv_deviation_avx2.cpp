@@ -2,23 +2,10 @@
 #include <immintrin.h>
 
 #include "kv_deviation_rows.h"
+#include "lmkernels/simd_load.h"
 
 namespace lmkernels {
 namespace {
-
-template <StorageDtype D>
-__m256 load8(const void* p) {
-  if constexpr (D == StorageDtype::kFloat32) {
-    return _mm256_loadu_ps(static_cast<const float*>(p));
-  } else {
-    const __m128i raw = _mm_loadu_si128(static_cast<const __m128i*>(p));
-    if constexpr (D == StorageDtype::kBFloat16) {
-      return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16));
-    } else {
-      return _mm256_cvtph_ps(raw);
-    }
-  }
-}
 
 struct Avx2Ops {
   template <StorageDtype D>
@@ -27,7 +14,7 @@ struct Avx2Ops {
     const char* pa = static_cast<const char*>(a);
     const char* pb = static_cast<const char*>(b);
     for (int half = 0; half < 2; ++half) {
-      const __m256 diff = _mm256_sub_ps(load8<D>(pa + 8 * half * bytes), load8<D>(pb + 8 * half * bytes));
+      const __m256 diff = _mm256_sub_ps(load8_f32<D>(pa + 8 * half * bytes), load8_f32<D>(pb + 8 * half * bytes));
       _mm256_store_ps(lanes + 8 * half, _mm256_fmadd_ps(diff, diff, _mm256_load_ps(lanes + 8 * half)));
     }
   }

@@ -9,6 +9,7 @@
 
 #include "lmkernels/cpu_isa.h"
 #include "lmkernels/rope.h"
+#include "lmkernels/torch_dtype.h"
 #include "rope_rerotate_kernel.h"
 
 namespace lmkernels {
@@ -48,31 +49,8 @@ void check_rope_rerotate_args(const at::Tensor& k, const at::Tensor& old_pos,
 
 namespace {
 
-StorageDtype storage_dtype(at::ScalarType t) {
-  switch (t) {
-    case at::kBFloat16:
-      return StorageDtype::kBFloat16;
-    case at::kHalf:
-      return StorageDtype::kFloat16;
-    default:
-      return StorageDtype::kFloat32;
-  }
-}
-
 using RowsKernel = void (*)(const RopeRerotateArgs&, int64_t, int64_t, float*);
 
-RowsKernel pick_kernel() {
-  switch (active_isa()) {
-#ifndef LMKERNELS_NO_X86_SIMD
-    case CpuIsa::kAvx512:
-      return rope_rerotate_rows_avx512;
-    case CpuIsa::kAvx2:
-      return rope_rerotate_rows_avx2;
-#endif
-    default:
-      return rope_rerotate_rows_scalar;
-  }
-}
 
 void rope_rerotate_cpu(at::Tensor k, const at::Tensor& old_pos, const at::Tensor& new_pos,
                        const at::Tensor& inv_freq, bool neox) {
@@ -95,7 +73,7 @@ void rope_rerotate_cpu(at::Tensor k, const at::Tensor& old_pos, const at::Tensor
   args.rotary_dim = static_cast<int>(2 * inv_freq.numel());
   args.neox = neox;
 
-  const RowsKernel kernel = pick_kernel();
+  const RowsKernel kernel = pick_for_isa<RowsKernel>(LMK_ISA_KERNELS(rope_rerotate_rows_));
   const int64_t rows = args.batch * args.tokens;
   // About 32k values a task: enough to amortise a table refill and the task start.
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, args.heads * args.rotary_dim));

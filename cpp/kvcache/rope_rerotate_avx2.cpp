@@ -1,24 +1,11 @@
 // AVX2 + FMA + F16C path of rope_rerotate_: 8 pairs a step, scalar tails.
 #include <immintrin.h>
 
+#include "lmkernels/simd_load.h"
 #include "rope_rerotate_rows.h"
 
 namespace lmkernels {
 namespace {
-
-template <StorageDtype D>
-__m256 load8(const void* p) {
-  if constexpr (D == StorageDtype::kFloat32) {
-    return _mm256_loadu_ps(static_cast<const float*>(p));
-  } else {
-    const __m128i raw = _mm_loadu_si128(static_cast<const __m128i*>(p));
-    if constexpr (D == StorageDtype::kBFloat16) {
-      return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16));
-    } else {
-      return _mm256_cvtph_ps(raw);
-    }
-  }
-}
 
 template <StorageDtype D>
 void store8(void* p, __m256 v) {
@@ -53,8 +40,8 @@ struct Avx2Ops {
     auto* y_ptr = x_ptr + half * elem_bytes<D>();
     int i = 0;
     for (; i + 8 <= half; i += 8) {
-      const __m256 x = load8<D>(x_ptr + i * elem_bytes<D>());
-      const __m256 y = load8<D>(y_ptr + i * elem_bytes<D>());
+      const __m256 x = load8_f32<D>(x_ptr + i * elem_bytes<D>());
+      const __m256 y = load8_f32<D>(y_ptr + i * elem_bytes<D>());
       const __m256 c = _mm256_loadu_ps(cos_t + i);
       const __m256 s = _mm256_loadu_ps(sin_t + i);
       // Same operations as rope::rotate_pair: x c - (y s), y c + (x s), each one fma.
@@ -68,7 +55,7 @@ struct Avx2Ops {
     auto* p = static_cast<char*>(head);
     int i = 0;
     for (; i + 8 <= rot; i += 8) {
-      const __m256 v = load8<D>(p + i * elem_bytes<D>());
+      const __m256 v = load8_f32<D>(p + i * elem_bytes<D>());
       const __m256 c = _mm256_loadu_ps(cos_t + i);
       const __m256 s = _mm256_loadu_ps(sin_t + i);
       // Lanes (x, y) -> (y, x); with sin laid out as (-s, s) one fma rotates every pair.

@@ -1,24 +1,11 @@
 // AVX-512 path of rope_rerotate_ (F/BW/VL/DQ): 16 pairs a step, masked tails.
 #include <immintrin.h>
 
+#include "lmkernels/simd_load.h"
 #include "rope_rerotate_rows.h"
 
 namespace lmkernels {
 namespace {
-
-template <StorageDtype D>
-__m512 load16(const void* p, __mmask16 m) {
-  if constexpr (D == StorageDtype::kFloat32) {
-    return _mm512_maskz_loadu_ps(m, p);
-  } else {
-    const __m256i raw = _mm256_maskz_loadu_epi16(m, p);
-    if constexpr (D == StorageDtype::kBFloat16) {
-      return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
-    } else {
-      return _mm512_cvtph_ps(raw);
-    }
-  }
-}
 
 template <StorageDtype D>
 void store16(void* p, __m512 v, __mmask16 m) {
@@ -52,8 +39,8 @@ struct Avx512Ops {
     auto* y_ptr = x_ptr + half * elem_bytes<D>();
     for (int i = 0; i < half; i += 16) {
       const __mmask16 m = tail_mask(half - i);
-      const __m512 x = load16<D>(x_ptr + i * elem_bytes<D>(), m);
-      const __m512 y = load16<D>(y_ptr + i * elem_bytes<D>(), m);
+      const __m512 x = load16_f32<D>(x_ptr + i * elem_bytes<D>(), m);
+      const __m512 y = load16_f32<D>(y_ptr + i * elem_bytes<D>(), m);
       const __m512 c = _mm512_maskz_loadu_ps(m, cos_t + i);
       const __m512 s = _mm512_maskz_loadu_ps(m, sin_t + i);
       // Same operations as rope::rotate_pair: x c - (y s), y c + (x s), each one fma.
@@ -68,7 +55,7 @@ struct Avx512Ops {
     auto* p = static_cast<char*>(head);
     for (int i = 0; i < rot; i += 16) {
       const __mmask16 m = tail_mask(rot - i);
-      const __m512 v = load16<D>(p + i * elem_bytes<D>(), m);
+      const __m512 v = load16_f32<D>(p + i * elem_bytes<D>(), m);
       const __m512 c = _mm512_maskz_loadu_ps(m, cos_t + i);
       const __m512 s = _mm512_maskz_loadu_ps(m, sin_t + i);
       // Lanes (x, y) -> (y, x); with sin laid out as (-s, s) one fma rotates every pair.

@@ -102,15 +102,7 @@ std::tuple<at::Tensor, at::Tensor> block_sparse_attention_cpu(const at::Tensor& 
   const at::Tensor v32 = v.to(at::kFloat);
   std::vector<int64_t> zero_base(batch, 0), cu(batch + 1);
   for (int64_t b = 0; b <= batch; ++b) cu[b] = b * tokens;
-  Args args{};
-  args.q = q.data_ptr();
-  args.k = k32.data_ptr<float>();
-  args.v = v32.data_ptr<float>();
-  args.out = out.data_ptr();
-  args.lse = return_lse ? lse.data_ptr<float>() : nullptr;
-  args.dtype = q.scalar_type() == at::kFloat      ? StorageDtype::kFloat32
-               : q.scalar_type() == at::kBFloat16 ? StorageDtype::kBFloat16
-                                                  : StorageDtype::kFloat16;
+  Args args = attention::engine_args(q, k32, v32, out, return_lse ? &lse : nullptr, causal, scale);
   args.q_stride_seq = q.stride(0), args.q_stride_head = q.stride(1), args.q_stride_token = q.stride(2);
   args.k_stride_seq = k32.stride(0), args.k_stride_head = k32.stride(1), args.k_stride_token = k32.stride(2);
   args.v_stride_seq = v32.stride(0), args.v_stride_head = v32.stride(1), args.v_stride_token = v32.stride(2);
@@ -120,11 +112,6 @@ std::tuple<at::Tensor, at::Tensor> block_sparse_attention_cpu(const at::Tensor& 
   args.k_base = zero_base.data();
   args.cu_seqlens_q = cu.data();
   args.cu_seqlens_k = cu.data();
-  args.heads_q = heads_q;
-  args.heads_kv = heads_kv;
-  args.head_dim = dim;
-  args.causal = causal;
-  args.scale = static_cast<float>(scale);
 
   // Per (batch, KV head, query block): merge the group's sorted block lists into spans of
   // consecutive blocks seen by the same heads. Spans and masks are stored by offset first,

@@ -13,6 +13,7 @@
 
 #include "attention/varlen_attention.h"
 #include "attention/warp_row_attention.cuh"
+#include "lmkernels/torch_dtype.h"
 
 namespace lmkernels::attention {
 namespace {
@@ -77,19 +78,14 @@ std::tuple<at::Tensor, at::Tensor> varlen_attention_cuda(const at::Tensor& q, co
   TORCH_CHECK(blocks < (int64_t(1) << 31), "varlen_attention: too many query rows for one launch");
   const float scale_log2 = static_cast<float>(scale) * 1.4426950408889634f;
   auto stream = c10::cuda::getCurrentCUDAStream();
-  auto launch = [&](auto tag) {
+  with_storage_dtype(q.scalar_type(), [&](auto tag) {
     constexpr StorageDtype D = decltype(tag)::value;
     varlen_attention_kernel<D><<<static_cast<unsigned>(blocks), threads, 0, stream>>>(
         q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(),
         return_lse ? lse.data_ptr<float>() : nullptr, cu_q.data_ptr<int64_t>(),
         cu_k.data_ptr<int64_t>(), cu_q.numel() - 1, total_q, heads_q, k.size(1), dim, st, causal,
         scale_log2);
-  };
-  switch (q.scalar_type()) {
-    case at::kBFloat16: launch(std::integral_constant<StorageDtype, StorageDtype::kBFloat16>{}); break;
-    case at::kHalf: launch(std::integral_constant<StorageDtype, StorageDtype::kFloat16>{}); break;
-    default: launch(std::integral_constant<StorageDtype, StorageDtype::kFloat32>{}); break;
-  }
+  });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {out, lse};
 }

@@ -13,6 +13,7 @@
 
 #include "kvcache/kv_checks.h"
 #include "lmkernels/dtype.h"
+#include "lmkernels/torch_dtype.h"
 
 namespace lmkernels {
 namespace {
@@ -62,16 +63,10 @@ at::Tensor kv_deviation_cuda(const at::Tensor& a, const at::Tensor& b) {
   RowStrides st{{a.stride(0), a.stride(1), a.stride(2)}, {b.stride(0), b.stride(1), b.stride(2)}};
   auto stream = c10::cuda::getCurrentCUDAStream();
   const unsigned grid = static_cast<unsigned>(out.numel());
-  switch (a.scalar_type()) {
-    case at::kBFloat16:
-      kv_deviation_kernel<StorageDtype::kBFloat16><<<grid, 128, 0, stream>>>(a.data_ptr(), b.data_ptr(), out.data_ptr<float>(), a.size(1), a.size(2), a.size(3), st);
-      break;
-    case at::kHalf:
-      kv_deviation_kernel<StorageDtype::kFloat16><<<grid, 128, 0, stream>>>(a.data_ptr(), b.data_ptr(), out.data_ptr<float>(), a.size(1), a.size(2), a.size(3), st);
-      break;
-    default:
-      kv_deviation_kernel<StorageDtype::kFloat32><<<grid, 128, 0, stream>>>(a.data_ptr(), b.data_ptr(), out.data_ptr<float>(), a.size(1), a.size(2), a.size(3), st);
-  }
+  with_storage_dtype(a.scalar_type(), [&](auto tag) {
+    kv_deviation_kernel<decltype(tag)::value><<<grid, 128, 0, stream>>>(
+        a.data_ptr(), b.data_ptr(), out.data_ptr<float>(), a.size(1), a.size(2), a.size(3), st);
+  });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
 }

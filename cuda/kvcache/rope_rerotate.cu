@@ -10,6 +10,7 @@
 #include "kvcache/rope_rerotate.h"
 #include "lmkernels/dtype.h"
 #include "lmkernels/rope.h"
+#include "lmkernels/torch_dtype.h"
 
 namespace lmkernels {
 namespace {
@@ -95,14 +96,9 @@ void rope_rerotate_cuda(at::Tensor k, const at::Tensor& old_pos, const at::Tenso
               "rope_rerotate_: batch * tokens must be below 2^31 on CUDA, got ",
               k.size(0) * k.size(1));
   const c10::cuda::CUDAGuard guard(k.device());
-  switch (k.scalar_type()) {
-    case at::kBFloat16:
-      return launch<StorageDtype::kBFloat16>(k, old_pos, new_pos, inv_freq, neox);
-    case at::kHalf:
-      return launch<StorageDtype::kFloat16>(k, old_pos, new_pos, inv_freq, neox);
-    default:
-      return launch<StorageDtype::kFloat32>(k, old_pos, new_pos, inv_freq, neox);
-  }
+  with_storage_dtype(k.scalar_type(), [&](auto tag) {
+    launch<decltype(tag)::value>(k, old_pos, new_pos, inv_freq, neox);
+  });
 }
 
 }  // namespace

@@ -9,6 +9,7 @@
 #include <torch/library.h>
 
 #include "attention/warp_row_attention.cuh"
+#include "lmkernels/torch_dtype.h"
 #include "sparse/block_sparse_attention.h"
 
 namespace lmkernels::sparse {
@@ -74,18 +75,13 @@ std::tuple<at::Tensor, at::Tensor> block_sparse_attention_cuda(const at::Tensor&
   TORCH_CHECK(grid < (int64_t(1) << 31), "block_sparse_attention: too many query rows for one launch");
   const float scale_log2 = static_cast<float>(scale) * 1.4426950408889634f;
   auto stream = c10::cuda::getCurrentCUDAStream();
-  auto launch = [&](auto tag) {
+  with_storage_dtype(q.scalar_type(), [&](auto tag) {
     constexpr StorageDtype D = decltype(tag)::value;
     block_sparse_attention_kernel<D><<<static_cast<unsigned>(grid), threads, 0, stream>>>(
         q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), return_lse ? lse.data_ptr<float>() : nullptr,
         crow_dev.data_ptr<int64_t>(), col_dev.data_ptr<int64_t>(), batch, heads_q, k.size(1), tokens, dim,
         block_size, index.blocks, index.width, st, causal, scale_log2);
-  };
-  switch (q.scalar_type()) {
-    case at::kBFloat16: launch(std::integral_constant<StorageDtype, StorageDtype::kBFloat16>{}); break;
-    case at::kHalf: launch(std::integral_constant<StorageDtype, StorageDtype::kFloat16>{}); break;
-    default: launch(std::integral_constant<StorageDtype, StorageDtype::kFloat32>{}); break;
-  }
+  });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {out, lse};
 }

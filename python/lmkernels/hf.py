@@ -17,7 +17,7 @@ from typing import Any, Iterator, Sequence
 import torch
 
 from .attention import varlen_attention
-from .prepack import Packing, pack
+from .prepack import Packing, pack, prompt_tensors
 
 ATTENTION_NAME = "lmkernels_varlen"
 FLEX_ATTENTION_NAME = "lmkernels_flex_prefill"
@@ -163,17 +163,8 @@ def prefill(
     """
     from transformers import DynamicCache
 
-    if len(prompts) == 0:
-        raise ValueError("prefill: prompts is empty")
     device = next(model.parameters()).device
-    tensors = []
-    for i, p in enumerate(prompts):
-        t = p if isinstance(p, torch.Tensor) else torch.tensor(list(p), dtype=torch.int64)
-        if t.dim() != 1 or t.dtype.is_floating_point:
-            raise TypeError(f"prefill: prompts[{i}] must be a 1-D integer sequence, got {t.dtype} {tuple(t.shape)}")
-        if t.numel() == 0:
-            raise ValueError(f"prefill: prompts[{i}] is empty")
-        tensors.append(t.to(device=device, dtype=torch.int64))
+    tensors = prompt_tensors(prompts, "prefill", device)
     lengths = torch.tensor([t.numel() for t in tensors], dtype=torch.int64)
     capacity = max(DEFAULT_ROW_TOKENS, int(lengths.max())) if capacity is None else capacity
     packing = pack(lengths, capacity, algorithm=algorithm)

@@ -108,6 +108,23 @@ class PackedBatch:
         return list(gathered.split(self.packing.lengths.tolist(), dim=dim))
 
 
+def prompt_tensors(prompts: Sequence[torch.Tensor | Sequence[int]], caller: str,
+                   device: torch.device) -> list[torch.Tensor]:
+    """Check a list of prompts (1-D integer tensors or lists) and return int64 tensors on
+    `device`; errors name `caller` and the bad prompt."""
+    if len(prompts) == 0:
+        raise ValueError(f"{caller}: prompts is empty")
+    tensors = []
+    for i, p in enumerate(prompts):
+        t = p if isinstance(p, torch.Tensor) else torch.tensor(list(p), dtype=torch.int64)
+        if t.dim() != 1 or t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
+            raise TypeError(f"{caller}: prompts[{i}] must be a 1-D integer sequence, got {t.dtype} {tuple(t.shape)}")
+        if t.numel() == 0:
+            raise ValueError(f"{caller}: prompts[{i}] is empty")
+        tensors.append(t.to(device=device, dtype=torch.int64))
+    return tensors
+
+
 def prepack(
     prompts: Sequence[torch.Tensor | Sequence[int]],
     capacity: int | None = None,
@@ -116,16 +133,7 @@ def prepack(
     pad_id: int = 0,
 ) -> PackedBatch:
     """Pack a list of 1-D token sequences into rows (see :class:`PackedBatch`)."""
-    if len(prompts) == 0:
-        raise ValueError("prepack: prompts is empty")
-    tensors = []
-    for i, p in enumerate(prompts):
-        t = p if isinstance(p, torch.Tensor) else torch.tensor(list(p), dtype=torch.int64)
-        if t.dim() != 1 or t.dtype.is_floating_point:
-            raise TypeError(f"prepack: prompts[{i}] must be a 1-D integer sequence, got {t.dtype} {tuple(t.shape)}")
-        if t.numel() == 0:
-            raise ValueError(f"prepack: prompts[{i}] is empty")
-        tensors.append(t.to(torch.int64).cpu())
+    tensors = prompt_tensors(prompts, "prepack", torch.device("cpu"))
     lengths = torch.tensor([t.numel() for t in tensors], dtype=torch.int64)
     packing = pack(lengths, capacity, algorithm=algorithm)
     cap, rows = packing.capacity, packing.num_rows

@@ -36,4 +36,24 @@ std::vector<CpuIsa> supported_isas();
 // Individual features, for kernels with optional extras (e.g. "avx512_vnni").
 bool cpu_has_feature(const std::string& feature);
 
+// The kernel for the active path: pick_for_isa(LMK_ISA_KERNELS(my_kernel_)) with functions
+// my_kernel_scalar / my_kernel_avx2 / my_kernel_avx512 (only the scalar one off x86).
+template <class Kernel>
+Kernel pick_for_isa(Kernel scalar, Kernel avx2, Kernel avx512) {
+  switch (active_isa()) {
+    case CpuIsa::kAvx512:
+      return avx512;
+    case CpuIsa::kAvx2:
+      return avx2;
+    default:
+      return scalar;
+  }
+}
+
 }  // namespace lmkernels
+
+#ifdef LMKERNELS_NO_X86_SIMD
+#define LMK_ISA_KERNELS(prefix) prefix##scalar, prefix##scalar, prefix##scalar
+#else
+#define LMK_ISA_KERNELS(prefix) prefix##scalar, prefix##avx2, prefix##avx512
+#endif
