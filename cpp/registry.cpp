@@ -12,6 +12,8 @@ TORCH_LIBRARY(lmkernels, m) {
   // Attention of q [B, Hq, N, D] over the key blocks a CSR index (crow, col) lists per query block.
   m.def("block_sparse_attention(Tensor q, Tensor k, Tensor v, Tensor crow, Tensor col, int block_size, bool causal, float scale, bool return_lse) -> (Tensor, Tensor)");
   // Attention over packed variable-length sequences; q [total_q, Hq, D], k/v [total_k, Hkv, D].
+  // Write chunk k/v [tokens, H, D] into cache slots [slots, H, D], rotating k from old_pos to new_pos.
+  m.def("scatter_kv_(Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor k, Tensor v, Tensor slot_mapping, Tensor old_pos, Tensor new_pos, Tensor inv_freq, bool neox) -> ()");
   // Per-token squared L2 distance between two KV tensors [batch, tokens, heads, head_dim] -> [batch, tokens].
   m.def("kv_deviation(Tensor a, Tensor b) -> Tensor");
   // Per row, the max(floor(ratio * tokens), 1) highest-scoring token indices, ascending (ties: lower index).

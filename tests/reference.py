@@ -115,3 +115,13 @@ def select_tokens(scores, ratio):
         best = sorted(range(n), key=lambda i: (-row[i], i))[:k]
         rows.append(sorted(best))
     return torch.tensor(rows, dtype=torch.int64).view(len(rows), k)
+
+
+def scatter_kv(k_cache, v_cache, k, v, slots, old_pos, new_pos, inv_freq, neox):
+    """Reference for scatter_kv_ (returns new caches): rows of k rotated by new - old, v copied."""
+    k_cache, v_cache = k_cache.clone(), v_cache.clone()
+    rotated = rope_rerotate(k[None], old_pos[None], new_pos[None], inv_freq, neox)[0]
+    keep = slots >= 0
+    k_cache[slots[keep]] = rotated[keep]
+    v_cache[slots[keep]] = v[keep]
+    return k_cache, v_cache

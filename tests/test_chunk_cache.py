@@ -107,3 +107,105 @@ class TestBadInputs:
             select_tokens(torch.tensor([1.0, float("nan")]), 0.5)
         with pytest.raises(TypeError, match="must be float32"):
             select_tokens(torch.arange(5), 0.5)
+
+
+def chunk(tokens, heads, dim, dtype):
+    return torch.randn(tokens, heads, dim).to(dtype), torch.randn(tokens, heads, dim).to(dtype)
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("neox", [True, False])
+def test_scatter_kv_matches_reference(isa, device, dtype, neox):
+    rope = lmkernels.RopeConfig.standard(64, rotary_dim=48, neox=neox)
+    k, v = chunk(20, 4, 64, dtype)
+    k_cache, v_cache = chunk(50, 4, 64, dtype)
+    slots = torch.randperm(50)[:20]
+    slots[3] = -1  # skipped token
+    old = torch.arange(20) + 7
+    new = torch.arange(20) + 300
+    want_k, want_v = reference.scatter_kv(k_cache, v_cache, k, v, slots, old, new, rope.inv_freq, neox)
+    kc, vc = k_cache.to(device), v_cache.to(device)
+    lmkernels.chunk_cache.scatter_kv_(kc, vc, k.to(device), v.to(device), slots.to(device),
+                                      old_pos=old.to(device), new_pos=new.to(device), rope=rope)
+    eps = torch.finfo(dtype).eps  # fp32 math: a few ulp of the inputs' scale (|k| ~ 1)
+    torch.testing.assert_close(kc.cpu(), want_k, atol=4 * eps, rtol=eps)
+    assert torch.equal(vc.cpu(), want_v)
+
+
+def test_scatter_kv_into_a_paged_cache_equals_the_flat_one():
+    rope = lmkernels.RopeConfig.standard(32)
+    k, v = chunk(10, 2, 32, torch.float32)
+    paged_k, paged_v = torch.zeros(4, 16, 2, 32), torch.zeros(4, 16, 2, 32)  # 4 blocks of 16 slots
+    block_table = torch.tensor([3, 1])  # the sequence lives in blocks 3, then 1
+    pos = torch.arange(10) + 12          # positions 12..21 cross from block 3 into block 1
+    slots = block_table[pos // 16] * 16 + pos % 16
+    lmkernels.chunk_cache.scatter_kv_(paged_k, paged_v, k, v, slots, old_pos=torch.arange(10), new_pos=pos, rope=rope)
+    flat_k, flat_v = reference.scatter_kv(torch.zeros(64, 2, 32), torch.zeros(64, 2, 32), k, v, slots,
+                                          torch.arange(10), pos, rope.inv_freq, True)
+    torch.testing.assert_close(paged_k.flatten(0, 1), flat_k, atol=1e-6, rtol=1e-6)
+    assert torch.equal(paged_v.flatten(0, 1), flat_v)
+
+
+def test_scatter_kv_paths_agree_bit_for_bit():
+    rope = lmkernels.RopeConfig.standard(128, rotary_dim=120)
+    k, v = chunk(33, 3, 128, torch.bfloat16)
+    slots = torch.randperm(40)[:33]
+    results = []
+    try:
+        for isa in lmkernels.supported_cpu_isas():
+            lmkernels.set_cpu_isa(isa)
+            kc, vc = torch.zeros(40, 3, 128, dtype=torch.bfloat16), torch.zeros(40, 3, 128, dtype=torch.bfloat16)
+            lmkernels.chunk_cache.scatter_kv_(kc, vc, k, v, slots, old_pos=torch.arange(33),
+                                              new_pos=torch.arange(33) * 3 + 1000, rope=rope)
+            results.append(kc)
+    finally:
+        lmkernels.set_cpu_isa(None)
+    assert all(torch.equal(r, results[0]) for r in results)
+
+
+def test_scatter_kv_opcheck_and_compile():
+    rope = lmkernels.RopeConfig.standard(16)
+    k, v = chunk(5, 2, 16, torch.float32)
+    args = (torch.zeros(8, 2, 16), torch.zeros(8, 2, 16), k, v, torch.tensor([0, 2, 4, 6, -1]),
+            torch.arange(5), torch.arange(5) + 9, rope.inv_freq, True)
+    torch.library.opcheck(torch.ops.lmkernels.scatter_kv_, args)
+
+    def f(kc, vc):
+        lmkernels.chunk_cache.scatter_kv_(kc, vc, k * 2, v, args[4], old_pos=args[5], new_pos=args[6], rope=rope)
+        return kc + vc
+
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(torch.zeros(8, 2, 16), torch.zeros(8, 2, 16)),
+                               f(torch.zeros(8, 2, 16), torch.zeros(8, 2, 16)), atol=0, rtol=0)
+
+
+class TestScatterBadInputs:
+    rope = lmkernels.RopeConfig.standard(16)
+
+    def call(self, slots=None, cache=None, **kw):
+        k, v = chunk(4, 2, 16, torch.float32)
+        kc = torch.zeros(6, 2, 16) if cache is None else cache
+        vc = torch.zeros_like(kc)
+        slots = torch.tensor([0, 1, 2, 3]) if slots is None else slots
+        lmkernels.chunk_cache.scatter_kv_(kc, vc, kw.get("k", k), v, slots, old_pos=torch.arange(4),
+                                          new_pos=torch.arange(4) + 1, rope=self.rope)
+        return kc
+
+    def test_slot_out_of_range_leaves_the_cache_untouched(self):
+        cache = torch.full((6, 2, 16), 7.0)
+        with pytest.raises(RuntimeError, match=r"slot_mapping\[2\] = 6 is not a slot in \[0, 6\)"):
+            self.call(slots=torch.tensor([0, 1, 6, 3]), cache=cache)
+        assert torch.equal(cache, torch.full((6, 2, 16), 7.0))
+
+    def test_repeated_slot(self):
+        with pytest.raises(RuntimeError, match="names slot 1 more than once"):
+            self.call(slots=torch.tensor([1, 1, 2, 3]))
+
+    def test_cache_shape(self):
+        with pytest.raises(ValueError, match="heads x dim"):
+            self.call(cache=torch.zeros(6, 3, 16))
+
+    def test_head_dim_mismatch_with_rope(self):
+        with pytest.raises(ValueError, match="rope.head_dim is 16"):
+            self.call(k=torch.randn(4, 2, 8))

@@ -18,6 +18,9 @@ struct RopeRerotateArgs {
   const float* inv_freq;   // rotary_dim / 2
   int rotary_dim;
   bool neox;
+  // Optional: row r rotates the token at k + slot[r] * stride_token (batch 1) instead of its
+  // own; rows with slot -1 are skipped. Used by scatter_kv_ to rotate keys where it wrote them.
+  const int64_t* slot;
 };
 
 // Each rotates flattened (batch * tokens) rows [begin, end). `table` holds

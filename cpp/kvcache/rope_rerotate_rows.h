@@ -62,9 +62,13 @@ void rerotate_rows_typed(const RopeRerotateArgs& a, int64_t begin, int64_t end, 
       table_delta = delta;
       have_table = true;
     }
-    const int64_t b = row / a.tokens;
-    const int64_t t = row % a.tokens;
-    T* token = static_cast<T*>(a.k) + b * a.stride_batch + t * a.stride_token;
+    T* token;
+    if (a.slot != nullptr) {
+      if (a.slot[row] < 0) continue;
+      token = static_cast<T*>(a.k) + a.slot[row] * a.stride_token;
+    } else {
+      token = static_cast<T*>(a.k) + (row / a.tokens) * a.stride_batch + (row % a.tokens) * a.stride_token;
+    }
     for (int64_t h = 0; h < a.heads; ++h) {
       T* head = token + h * a.stride_head;
       if (a.neox) {

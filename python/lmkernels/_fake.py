@@ -41,3 +41,8 @@ def _select_tokens_fake(scores, ratio):
     tokens = scores.shape[1]
     k = 0 if tokens == 0 else max(int(math.floor(ratio * tokens)), 1)
     return scores.new_empty((scores.shape[0], k), dtype=torch.int64)
+
+
+@torch.library.register_fake("lmkernels::scatter_kv_")
+def _scatter_kv_fake(k_cache, v_cache, k, v, slot_mapping, old_pos, new_pos, inv_freq, neox):
+    return None
