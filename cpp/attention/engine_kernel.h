@@ -16,6 +16,7 @@
 
 #include "attention/engine.h"
 #include "lmkernels/dtype.h"
+#include "lmkernels/storage.h"
 
 namespace lmkernels::attention {
 namespace {
@@ -77,28 +78,6 @@ void gemm(const float* a, int64_t a_row, int64_t a_col, const float* b, int64_t 
         V::store(row + W, acc[r][1]);
       }
     }
-  }
-}
-
-template <StorageDtype D>
-float load_elem(const void* base, int64_t i) {
-  if constexpr (D == StorageDtype::kFloat32) {
-    return static_cast<const float*>(base)[i];
-  } else if constexpr (D == StorageDtype::kBFloat16) {
-    return bf16_to_f32(static_cast<const uint16_t*>(base)[i]);
-  } else {
-    return f16_to_f32(static_cast<const uint16_t*>(base)[i]);
-  }
-}
-
-template <StorageDtype D>
-void store_elem(void* base, int64_t i, float value) {
-  if constexpr (D == StorageDtype::kFloat32) {
-    static_cast<float*>(base)[i] = value;
-  } else if constexpr (D == StorageDtype::kBFloat16) {
-    static_cast<uint16_t*>(base)[i] = f32_to_bf16(value);
-  } else {
-    static_cast<uint16_t*>(base)[i] = f32_to_f16(value);
   }
 }
 

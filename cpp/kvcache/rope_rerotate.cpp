@@ -47,19 +47,29 @@ void check_rope_rerotate_args(const at::Tensor& k, const at::Tensor& old_pos,
               " entries (rotary_dim / 2), got ", inv_freq.numel());
 }
 
+RopeRerotateArgs rope_rotation_args(const at::Tensor& k, const at::Tensor& old_pos, const at::Tensor& new_pos,
+                                    const at::Tensor& inv_freq, bool neox) {
+  RopeRerotateArgs args{};
+  args.dtype = storage_dtype(k.scalar_type());
+  args.old_pos = old_pos.data_ptr<int64_t>();
+  args.new_pos = new_pos.data_ptr<int64_t>();
+  args.inv_freq = inv_freq.data_ptr<float>();
+  args.rotary_dim = static_cast<int>(2 * inv_freq.numel());
+  args.neox = neox;
+  return args;
+}
+
+RopeRowsKernel rope_rows_kernel() { return pick_for_isa<RopeRowsKernel>(LMK_ISA_KERNELS(rope_rerotate_rows_)); }
+
 namespace {
-
-using RowsKernel = void (*)(const RopeRerotateArgs&, int64_t, int64_t, float*);
-
 
 void rope_rerotate_cpu(at::Tensor k, const at::Tensor& old_pos, const at::Tensor& new_pos,
                        const at::Tensor& inv_freq, bool neox) {
   check_rope_rerotate_args(k, old_pos, new_pos, inv_freq);
   if (k.numel() == 0) return;
 
-  RopeRerotateArgs args{};
+  RopeRerotateArgs args = rope_rotation_args(k, old_pos, new_pos, inv_freq, neox);
   args.k = k.data_ptr();
-  args.dtype = storage_dtype(k.scalar_type());
   args.batch = k.size(0);
   args.tokens = k.size(1);
   args.heads = k.size(2);
@@ -67,13 +77,8 @@ void rope_rerotate_cpu(at::Tensor k, const at::Tensor& old_pos, const at::Tensor
   args.stride_batch = k.stride(0);
   args.stride_token = k.stride(1);
   args.stride_head = k.stride(2);
-  args.old_pos = old_pos.data_ptr<int64_t>();
-  args.new_pos = new_pos.data_ptr<int64_t>();
-  args.inv_freq = inv_freq.data_ptr<float>();
-  args.rotary_dim = static_cast<int>(2 * inv_freq.numel());
-  args.neox = neox;
 
-  const RowsKernel kernel = pick_for_isa<RowsKernel>(LMK_ISA_KERNELS(rope_rerotate_rows_));
+  const RopeRowsKernel kernel = rope_rows_kernel();
   const int64_t rows = args.batch * args.tokens;
   // About 32k values a task: enough to amortise a table refill and the task start.
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, args.heads * args.rotary_dim));

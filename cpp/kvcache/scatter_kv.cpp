@@ -10,10 +10,8 @@
 #include <vector>
 
 #include "kvcache/kv_checks.h"
-#include "lmkernels/cpu_isa.h"
 #include "lmkernels/rope.h"
-#include "lmkernels/torch_dtype.h"
-#include "rope_rerotate_kernel.h"
+#include "kvcache/rope_rerotate.h"
 
 namespace lmkernels {
 
@@ -76,7 +74,6 @@ std::vector<int64_t> check_scatter_kv_args(const at::Tensor& k_cache, const at::
 
 namespace {
 
-using RowsKernel = void (*)(const RopeRerotateArgs&, int64_t, int64_t, float*);
 
 void scatter_kv_cpu(at::Tensor k_cache, at::Tensor v_cache, const at::Tensor& k, const at::Tensor& v,
                     const at::Tensor& slot_mapping, const at::Tensor& old_pos, const at::Tensor& new_pos,
@@ -91,22 +88,16 @@ void scatter_kv_cpu(at::Tensor k_cache, at::Tensor v_cache, const at::Tensor& k,
   const char* ks = static_cast<const char*>(k.data_ptr());
   const char* vs = static_cast<const char*>(v.data_ptr());
 
-  RopeRerotateArgs args{};
+  RopeRerotateArgs args = rope_rotation_args(k, old_pos, new_pos, inv_freq, neox);
   args.k = k_cache.data_ptr();
-  args.dtype = storage_dtype(k.scalar_type());
   args.batch = 1;
   args.tokens = tokens;
   args.heads = heads;
   args.head_dim = dim;
   args.stride_token = k_cache.stride(0);
   args.stride_head = k_cache.stride(1);
-  args.old_pos = old_pos.data_ptr<int64_t>();
-  args.new_pos = new_pos.data_ptr<int64_t>();
-  args.inv_freq = inv_freq.data_ptr<float>();
-  args.rotary_dim = static_cast<int>(2 * inv_freq.numel());
-  args.neox = neox;
   args.slot = slots.data();
-  const RowsKernel kernel = pick_for_isa<RowsKernel>(LMK_ISA_KERNELS(rope_rerotate_rows_));
+  const RopeRowsKernel kernel = rope_rows_kernel();
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, heads * dim));
   at::parallel_for(0, tokens, grain, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {

@@ -8,25 +8,12 @@
 #include <cstdint>
 
 #include "lmkernels/dtype.h"
+#include "lmkernels/storage.h"
 
 namespace lmkernels::attention {
 
 constexpr int kWarp = 32;
 constexpr int kMaxPerLane = 16;  // head_dim <= 512
-
-template <StorageDtype D>
-__device__ float load_elem(const void* base, int64_t i) {
-  if constexpr (D == StorageDtype::kFloat32) return static_cast<const float*>(base)[i];
-  else if constexpr (D == StorageDtype::kBFloat16) return bf16_to_f32(static_cast<const uint16_t*>(base)[i]);
-  else return f16_to_f32(static_cast<const uint16_t*>(base)[i]);
-}
-
-template <StorageDtype D>
-__device__ void store_elem(void* base, int64_t i, float v) {
-  if constexpr (D == StorageDtype::kFloat32) static_cast<float*>(base)[i] = v;
-  else if constexpr (D == StorageDtype::kBFloat16) static_cast<uint16_t*>(base)[i] = f32_to_bf16(v);
-  else static_cast<uint16_t*>(base)[i] = f32_to_f16(v);
-}
 
 template <StorageDtype D>
 constexpr int64_t elem_bytes() { return D == StorageDtype::kFloat32 ? 4 : 2; }

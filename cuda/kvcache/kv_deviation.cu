@@ -13,17 +13,11 @@
 
 #include "kvcache/kv_checks.h"
 #include "lmkernels/dtype.h"
+#include "lmkernels/storage.h"
 #include "lmkernels/torch_dtype.h"
 
 namespace lmkernels {
 namespace {
-
-template <StorageDtype D>
-__device__ float load(const void* base, int64_t i) {
-  if constexpr (D == StorageDtype::kFloat32) return static_cast<const float*>(base)[i];
-  else if constexpr (D == StorageDtype::kBFloat16) return bf16_to_f32(static_cast<const uint16_t*>(base)[i]);
-  else return f16_to_f32(static_cast<const uint16_t*>(base)[i]);
-}
 
 struct RowStrides {
   int64_t a[3], b[3];
@@ -34,13 +28,13 @@ __global__ void kv_deviation_kernel(const void* a, const void* b, float* out, in
                                     int64_t dim, RowStrides st) {
   const int64_t row = blockIdx.x;
   const int64_t bi = row / tokens, t = row % tokens;
-  const int64_t elem = D == StorageDtype::kFloat32 ? 4 : 2;
   float sum = 0.0f;
   for (int64_t i = threadIdx.x; i < heads * dim; i += blockDim.x) {
     const int64_t h = i / dim, d = i % dim;
-    const char* pa = static_cast<const char*>(a) + (bi * st.a[0] + t * st.a[1] + h * st.a[2]) * elem;
-    const char* pb = static_cast<const char*>(b) + (bi * st.b[0] + t * st.b[1] + h * st.b[2]) * elem;
-    const float diff = load<D>(pa, d) - load<D>(pb, d);
+    using T = typename Storage<D>::T;
+    const T* pa = static_cast<const T*>(a) + bi * st.a[0] + t * st.a[1] + h * st.a[2];
+    const T* pb = static_cast<const T*>(b) + bi * st.b[0] + t * st.b[1] + h * st.b[2];
+    const float diff = Storage<D>::load(pa + d) - Storage<D>::load(pb + d);
     sum = fmaf(diff, diff, sum);
   }
   __shared__ float warp_sums[32];

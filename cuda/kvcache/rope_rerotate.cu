@@ -10,34 +10,14 @@
 #include "kvcache/rope_rerotate.h"
 #include "lmkernels/dtype.h"
 #include "lmkernels/rope.h"
+#include "lmkernels/storage.h"
 #include "lmkernels/torch_dtype.h"
 
 namespace lmkernels {
 namespace {
 
 template <StorageDtype D>
-struct DeviceStorage;
-template <>
-struct DeviceStorage<StorageDtype::kFloat32> {
-  using T = float;
-  __device__ static float load(const T* p) { return *p; }
-  __device__ static void store(T* p, float v) { *p = v; }
-};
-template <>
-struct DeviceStorage<StorageDtype::kBFloat16> {
-  using T = uint16_t;
-  __device__ static float load(const T* p) { return bf16_to_f32(*p); }
-  __device__ static void store(T* p, float v) { *p = f32_to_bf16(v); }
-};
-template <>
-struct DeviceStorage<StorageDtype::kFloat16> {
-  using T = uint16_t;
-  __device__ static float load(const T* p) { return f16_to_f32(*p); }
-  __device__ static void store(T* p, float v) { *p = f32_to_f16(v); }
-};
-
-template <StorageDtype D>
-__global__ void rope_rerotate_kernel(typename DeviceStorage<D>::T* __restrict__ k,
+__global__ void rope_rerotate_kernel(typename Storage<D>::T* __restrict__ k,
                                      const int64_t* __restrict__ old_pos,
                                      const int64_t* __restrict__ new_pos,
                                      const float* __restrict__ inv_freq, int64_t tokens,
@@ -63,18 +43,18 @@ __global__ void rope_rerotate_kernel(typename DeviceStorage<D>::T* __restrict__ 
     auto* head = token + (idx / half) * stride_head;
     auto* px = head + rope::pair_first(i, rotary_dim, neox);
     auto* py = head + rope::pair_second(i, rotary_dim, neox);
-    float x = DeviceStorage<D>::load(px);
-    float y = DeviceStorage<D>::load(py);
+    float x = Storage<D>::load(px);
+    float y = Storage<D>::load(py);
     rope::rotate_pair(x, y, table[i], table[half + i]);
-    DeviceStorage<D>::store(px, x);
-    DeviceStorage<D>::store(py, y);
+    Storage<D>::store(px, x);
+    Storage<D>::store(py, y);
   }
 }
 
 template <StorageDtype D>
 void launch(at::Tensor& k, const at::Tensor& old_pos, const at::Tensor& new_pos,
             const at::Tensor& inv_freq, bool neox) {
-  using T = typename DeviceStorage<D>::T;
+  using T = typename Storage<D>::T;
   const int rotary_dim = static_cast<int>(2 * inv_freq.numel());
   const int64_t rows = k.size(0) * k.size(1);
   const int64_t work = k.size(2) * (rotary_dim / 2);

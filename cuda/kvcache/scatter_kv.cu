@@ -10,39 +10,19 @@
 #include "kvcache/kv_checks.h"
 #include "lmkernels/dtype.h"
 #include "lmkernels/rope.h"
+#include "lmkernels/storage.h"
 #include "lmkernels/torch_dtype.h"
 
 namespace lmkernels {
 namespace {
-
-template <StorageDtype D>
-struct Elem;
-template <>
-struct Elem<StorageDtype::kFloat32> {
-  using T = float;
-  __device__ static float load(const T* p) { return *p; }
-  __device__ static void store(T* p, float v) { *p = v; }
-};
-template <>
-struct Elem<StorageDtype::kBFloat16> {
-  using T = uint16_t;
-  __device__ static float load(const T* p) { return bf16_to_f32(*p); }
-  __device__ static void store(T* p, float v) { *p = f32_to_bf16(v); }
-};
-template <>
-struct Elem<StorageDtype::kFloat16> {
-  using T = uint16_t;
-  __device__ static float load(const T* p) { return f16_to_f32(*p); }
-  __device__ static void store(T* p, float v) { *p = f32_to_f16(v); }
-};
 
 struct Strides {
   int64_t kc[2], vc[2], k[2], v[2];  // token/slot, head
 };
 
 template <StorageDtype D>
-__global__ void scatter_kv_kernel(typename Elem<D>::T* k_cache, typename Elem<D>::T* v_cache,
-                                  const typename Elem<D>::T* k, const typename Elem<D>::T* v,
+__global__ void scatter_kv_kernel(typename Storage<D>::T* k_cache, typename Storage<D>::T* v_cache,
+                                  const typename Storage<D>::T* k, const typename Storage<D>::T* v,
                                   const int64_t* slots, const int64_t* old_pos, const int64_t* new_pos,
                                   const float* inv_freq, int64_t heads, int64_t dim, int rotary_dim, bool neox,
                                   Strides st) {
@@ -70,10 +50,10 @@ __global__ void scatter_kv_kernel(typename Elem<D>::T* k_cache, typename Elem<D>
     const int a = rope::pair_first(i, rotary_dim, neox), b = rope::pair_second(i, rotary_dim, neox);
     const auto* src = k + t * st.k[0] + h * st.k[1];
     auto* dst = k_cache + slot * st.kc[0] + h * st.kc[1];
-    float x = Elem<D>::load(src + a), y = Elem<D>::load(src + b);
+    float x = Storage<D>::load(src + a), y = Storage<D>::load(src + b);
     if (delta != 0) rope::rotate_pair(x, y, table[i], table[half + i]);  // a zero shift stays exact
-    Elem<D>::store(dst + a, x);
-    Elem<D>::store(dst + b, y);
+    Storage<D>::store(dst + a, x);
+    Storage<D>::store(dst + b, y);
   }
 }
 
@@ -90,7 +70,7 @@ void scatter_kv_cuda(at::Tensor k_cache, at::Tensor v_cache, const at::Tensor& k
   auto stream = c10::cuda::getCurrentCUDAStream();
   with_storage_dtype(k.scalar_type(), [&](auto tag) {
     constexpr StorageDtype D = decltype(tag)::value;
-    using T = typename Elem<D>::T;
+    using T = typename Storage<D>::T;
     scatter_kv_kernel<D><<<static_cast<unsigned>(k.size(0)), 128, sizeof(float) * rotary_dim, stream>>>(
         static_cast<T*>(k_cache.data_ptr()), static_cast<T*>(v_cache.data_ptr()), static_cast<const T*>(k.data_ptr()),
         static_cast<const T*>(v.data_ptr()), slot_mapping.data_ptr<int64_t>(), old_pos.data_ptr<int64_t>(),
