@@ -28,12 +28,7 @@ __global__ void rope_rerotate_kernel(typename Storage<D>::T* __restrict__ k,
   const int64_t delta = new_pos[row] - old_pos[row];
   if (delta == 0) return;  // exactly the identity, as on CPU
   const int half = rotary_dim / 2;
-  for (int i = threadIdx.x; i < half; i += blockDim.x) {
-    double s, c;
-    sincos(rope::delta_angle(delta, inv_freq[i]), &s, &c);
-    table[i] = static_cast<float>(c);
-    table[half + i] = static_cast<float>(s);
-  }
+  rope::block_fill_delta_table(delta, inv_freq, half, table);
   __syncthreads();
   const int64_t b = row / tokens;
   const int64_t t = row % tokens;

@@ -32,12 +32,7 @@ __global__ void scatter_kv_kernel(typename Storage<D>::T* k_cache, typename Stor
   if (slot < 0) return;
   const int half = rotary_dim / 2;
   const int64_t delta = new_pos[t] - old_pos[t];
-  for (int i = threadIdx.x; i < half; i += blockDim.x) {
-    double s, c;
-    sincos(rope::delta_angle(delta, inv_freq[i]), &s, &c);
-    table[i] = static_cast<float>(c);
-    table[half + i] = static_cast<float>(s);
-  }
+  rope::block_fill_delta_table(delta, inv_freq, half, table);
   __syncthreads();
   for (int64_t idx = threadIdx.x; idx < heads * dim; idx += blockDim.x) {
     const int64_t h = idx / dim, d = idx % dim;

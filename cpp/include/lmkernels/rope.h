@@ -66,6 +66,20 @@ LMK_INLINE void fill_delta_table(int64_t delta, const float* inv_freq, int rotar
   }
 }
 
+#if defined(__CUDACC__)
+// The threads of a CUDA block fill cos[half], sin[half] (neox layout) for one shift; the
+// caller synchronizes before reading.
+__device__ static inline void block_fill_delta_table(int64_t delta, const float* inv_freq, int half,
+                                                     float* table) {
+  for (int i = threadIdx.x; i < half; i += blockDim.x) {
+    double s, c;
+    sincos(delta_angle(delta, inv_freq[i]), &s, &c);
+    table[i] = static_cast<float>(c);
+    table[half + i] = static_cast<float>(s);
+  }
+}
+#endif
+
 // Floats of scratch a table for `rotary_dim` needs (cos and sin together).
 LMK_INLINE LMK_HOST_DEVICE int delta_table_floats(int rotary_dim) { return 2 * rotary_dim; }
 
