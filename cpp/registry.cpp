@@ -20,6 +20,12 @@ TORCH_LIBRARY(lmkernels, m) {
   m.def("select_tokens(Tensor scores, float ratio) -> Tensor");
   // Bin-pack sequence lengths into rows of `capacity` tokens ("bfd" or "ffd"); -> (row, offset).
   m.def("pack_sequences(Tensor lengths, int capacity, str algorithm) -> (Tensor, Tensor)");
+  // Mixed 2/4-bit quantization of a float32 weight [N, K] (quant_format.h); importance: [K] error weights.
+  m.def("quantize_weight(Tensor weight, int group_size, int num_4bit_groups, str select, Tensor? importance) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // The packed weight back to float32 [N, K].
+  m.def("dequantize_weight(Tensor codes_lo, Tensor codes_hi, Tensor hi_groups, Tensor scales, Tensor super_scales, int in_features, int group_size) -> Tensor");
+  // y = x @ W^T (+ bias) with W packed; x [..., K] float32/bfloat16/float16 -> [..., N] in x's dtype.
+  m.def("quant_linear(Tensor x, Tensor codes_lo, Tensor codes_hi, Tensor hi_groups, Tensor scales, Tensor super_scales, Tensor? bias, int in_features, int group_size) -> Tensor");
   m.def("varlen_attention(Tensor q, Tensor k, Tensor v, Tensor cu_seqlens_q, Tensor cu_seqlens_k, bool causal, float scale, bool return_lse) -> (Tensor, Tensor)");
 }
 

@@ -46,3 +46,41 @@ def _select_tokens_fake(scores, ratio):
 @torch.library.register_fake("lmkernels::scatter_kv_")
 def _scatter_kv_fake(k_cache, v_cache, k, v, slot_mapping, old_pos, new_pos, inv_freq, neox):
     return None
+
+
+def _quant_shape(out_features: int, in_features: int, group_size: int, num_hi: int) -> dict[str, int]:
+    """Mirror of make_quant_shape in cpp/quant/quant_format.h."""
+    groups = -(-in_features // group_size)
+    units_per_group = group_size // 32
+    units = groups * units_per_group
+    return {
+        "groups": groups,
+        "super_blocks": -(-units // 8),
+        "lo_stride": -(-units // 4) * 32,
+        "hi_quads": -(-(out_features * num_hi * units_per_group) // 4),
+    }
+
+
+@torch.library.register_fake("lmkernels::quantize_weight")
+def _quantize_weight_fake(weight, group_size, num_4bit_groups, select, importance):
+    n, k = weight.shape
+    s = _quant_shape(n, k, group_size, num_4bit_groups)
+    u8 = dict(dtype=torch.uint8)
+    return (
+        weight.new_empty((n, s["lo_stride"]), **u8),
+        weight.new_empty((s["hi_quads"], 32), **u8),
+        weight.new_empty((n, num_4bit_groups), dtype=torch.int16),
+        weight.new_empty((n, s["groups"]), **u8),
+        weight.new_empty((n, s["super_blocks"], 2), dtype=torch.float16),
+    )
+
+
+@torch.library.register_fake("lmkernels::dequantize_weight")
+def _dequantize_weight_fake(codes_lo, codes_hi, hi_groups, scales, super_scales, in_features, group_size):
+    return codes_lo.new_empty((hi_groups.shape[0], in_features), dtype=torch.float32)
+
+
+@torch.library.register_fake("lmkernels::quant_linear")
+def _quant_linear_fake(x, codes_lo, codes_hi, hi_groups, scales, super_scales, bias, in_features, group_size):
+    torch._check(x.shape[-1] == in_features, lambda: "quant_linear: x must be [..., in_features]")
+    return x.new_empty((*x.shape[:-1], hi_groups.shape[0]))

@@ -1,0 +1,45 @@
+// dequantize_weight on CPU: the packed format back to a float32 [N, K] weight.
+#include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include <vector>
+
+#include "quant/quant_checks.h"
+
+namespace lmkernels {
+namespace {
+
+at::Tensor dequantize_weight_cpu(const at::Tensor& codes_lo, const at::Tensor& codes_hi, const at::Tensor& hi_groups,
+                                 const at::Tensor& scales, const at::Tensor& super_scales, int64_t in_features,
+                                 int64_t group_size) {
+  const QuantShape s = check_packed_weight({codes_lo, codes_hi, hi_groups, scales, super_scales}, in_features,
+                                           group_size, "dequantize");
+  check_hi_groups_host(hi_groups, s.groups, "dequantize");
+  at::Tensor out = at::empty({s.out_features, s.in_features}, codes_lo.options().dtype(at::kFloat));
+  const auto* lo = codes_lo.data_ptr<uint8_t>();
+  const auto* hi = codes_hi.data_ptr<uint8_t>();
+  const auto* hg = hi_groups.data_ptr<int16_t>();
+  const auto* sc = scales.data_ptr<uint8_t>();
+  const auto* ss = reinterpret_cast<const uint16_t*>(super_scales.data_ptr<at::Half>());
+  float* dst = out.data_ptr<float>();
+  at::parallel_for(0, s.out_features, 16, [&](int64_t begin, int64_t end) {
+    std::vector<int64_t> rank(s.groups);
+    for (int64_t r = begin; r < end; ++r) {
+      std::fill(rank.begin(), rank.end(), -1);
+      for (int64_t j = 0; j < s.num_hi; ++j) rank[hg[r * s.num_hi + j]] = j;
+      for (int64_t k = 0; k < s.in_features; ++k) {
+        dst[r * s.in_features + k] =
+            dequantize_weight_at(s, r, lo + r * s.lo_stride, hi, sc + r * s.groups,
+                                 ss + r * s.super_blocks * 2, k, rank[k / s.group_size]);
+      }
+    }
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(lmkernels, CPU, m) { m.impl("dequantize_weight", &dequantize_weight_cpu); }
+
+}  // namespace lmkernels

@@ -1,0 +1,33 @@
+// Fitting one asymmetric group w ~= scale * q - min, q in [0, qmax], and the second-order
+// rounding of the fitted scales. Host code, used by the round-to-nearest and the
+// error-feedback (GPTQ) quantizers.
+#pragma once
+
+#include <cstdint>
+
+namespace lmkernels {
+
+struct GroupFit {
+  float scale = 0.0f;  // >= 0
+  float min = 0.0f;    // >= 0: the code 0 stands for -min
+};
+
+// Sum over i of weight[i] * (w[i] - dequantized w[i])^2 under (scale, min) with codes rounded
+// to nearest and clamped; `weight` may be null (all ones).
+double group_sse(const float* w, const float* weight, int n, int qmax, GroupFit fit);
+
+// The code of w under (scale, min): round((w + min) / scale) clamped to [0, qmax], 0 when scale is 0.
+int group_code(float w, int qmax, GroupFit fit);
+
+// Least-squares fit over a grid of candidate ranges (the k-quants search), weighted by `weight`
+// (null: uniform). A constant group gets scale 0 and reproduces its value exactly when <= 0.
+GroupFit fit_group(const float* w, const float* weight, int n, int qmax);
+
+// Second order: the fp16 pair (d, dmin) of one super-block's `count` fitted groups, and per
+// group its scale and min codes (4 bits each, floor or ceil of the fit, whichever gives the
+// smaller error), packed as scale | min << 4. Throws std::range_error if d overflows fp16.
+// Group g has n[g] weights at w[g] with error weights importance[g] (null: uniform).
+void quantize_super_block(const float* const* w, const float* const* importance, const int* n, const int* qmax,
+                          const GroupFit* fits, int count, uint16_t* d_dmin_f16, uint8_t* packed_scales);
+
+}  // namespace lmkernels

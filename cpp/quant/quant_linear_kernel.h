@@ -1,0 +1,61 @@
+// quant_linear: plain-data interface between the dispatcher and its per-ISA kernels.
+//
+// Activations arrive quantized (int8 per 256-wide block with one fp32 scale, plus per-group
+// sums of the int8 codes), so the whole dot product of a super-block is integer and exact:
+//   y = sum_b xscale_b * (d_b * ISUM_b - dmin_b * MSUM_b)
+//   ISUM_b = sum over the block's units of sc * <lo codes, x> + 4 * sc * <hi codes, x>
+//   MSUM_b = sum over the block's groups of mc * sum(x)
+// Integer sums do not depend on the order of evaluation, and the float combination above is
+// done in the same scalar order on every path, so every ISA returns the same bits.
+#pragma once
+
+#include <cstdint>
+
+#include "lmkernels/common.h"
+#include "quant/quant_format.h"
+
+namespace lmkernels {
+
+constexpr int kQuantRowChunk = 4;  // activation rows sharing one unpack of the weight codes
+
+struct QuantLinearArgs {
+  QuantShape shape;
+  const uint8_t* codes_lo;
+  const uint8_t* codes_hi;
+  const int16_t* hi_groups;
+  const uint8_t* scales;
+  const uint16_t* super_scales;  // fp16 bits
+  const float* bias;             // [N] or null
+  // Quantized activations: rows of super_blocks * 256 int8 codes (zero padded), one scale per
+  // super-block and one code sum per group.
+  const int8_t* xq;
+  const float* xscale;
+  const int16_t* xsum;           // at most 256 * 127: fits int16
+  int64_t rows;                  // M
+  float* out;                    // [M, N]
+};
+
+// Per-thread scratch a kernel needs for out_features rows [begin, end), in bytes.
+LMK_INLINE int64_t quant_linear_scratch_bytes(const QuantShape& s) {
+  // decoded unit scales (int16), decoded (d, dmin) floats, per-block lanes and sums of 4 rows.
+  return s.units * 2 + s.super_blocks * 8 + kQuantRowChunk * s.super_blocks * (32 + 8) + 4 * 32;
+}
+
+// Computes out[:, begin:end]; returns false if a hi_groups entry was out of range (its
+// contribution is then skipped, and the caller raises).
+bool quant_linear_rows_scalar(const QuantLinearArgs& args, int64_t begin, int64_t end, void* scratch);
+bool quant_linear_rows_avx2(const QuantLinearArgs& args, int64_t begin, int64_t end, void* scratch);
+bool quant_linear_rows_avx512(const QuantLinearArgs& args, int64_t begin, int64_t end, void* scratch);
+
+// The last step of every path: the float sum over super-blocks of one output.
+LMK_INLINE float combine_super_blocks(const int32_t* isum, const int32_t* msum, const float* d_dmin,
+                                      const float* xscale, int64_t blocks) {
+  float y = 0.0f;
+  for (int64_t b = 0; b < blocks; ++b) {
+    const float t = d_dmin[2 * b] * static_cast<float>(isum[b]) - d_dmin[2 * b + 1] * static_cast<float>(msum[b]);
+    y = y + xscale[b] * t;
+  }
+  return y;
+}
+
+}  // namespace lmkernels
