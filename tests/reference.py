@@ -125,3 +125,43 @@ def scatter_kv(k_cache, v_cache, k, v, slots, old_pos, new_pos, inv_freq, neox):
     k_cache[slots[keep]] = rotated[keep]
     v_cache[slots[keep]] = v[keep]
     return k_cache, v_cache
+
+
+def unpack_quad_plane(plane: torch.Tensor, units: int) -> torch.Tensor:
+    """The 2-bit codes [units, 32] of a plane of 32-byte quads: unit 4q+i is bits 2i..2i+1."""
+    quads = plane.reshape(-1, 32).to(torch.int64)
+    shifts = torch.arange(4) * 2
+    codes = (quads[:, None, :] >> shifts[None, :, None]) & 3  # [quads, 4, 32]
+    return codes.reshape(-1, 32)[:units]
+
+
+def dequantize_packed(codes_lo, codes_hi, hi_groups, scales, super_scales, in_features, group_size):
+    """Float32 [N, K] from the packed mixed 2/4-bit tensors, written from the format description."""
+    n = hi_groups.shape[0]
+    groups = -(-in_features // group_size)
+    upg = group_size // 32
+    units = groups * upg
+    num_hi = hi_groups.shape[1]
+    q = torch.stack([unpack_quad_plane(codes_lo[r], units) for r in range(n)]).reshape(n, groups, group_size)
+    hi = unpack_quad_plane(codes_hi, n * num_hi * upg).reshape(n, num_hi, group_size)
+    rows = torch.arange(n)[:, None].expand(n, num_hi)
+    q = q.clone()
+    q[rows, hi_groups.long()] += 4 * hi
+    sc = (scales.long() & 15).float()
+    mc = (scales.long() >> 4).float()
+    block = (torch.arange(groups) * upg) // 8
+    d = super_scales[:, :, 0].float()[:, block]
+    dmin = super_scales[:, :, 1].float()[:, block]
+    w = (d * sc)[:, :, None] * q.float() - (dmin * mc)[:, :, None]
+    return w.reshape(n, -1)[:, :in_features]
+
+
+def group_ranges(weight: torch.Tensor, group_size: int) -> torch.Tensor:
+    """max - min of each group's real weights, [N, groups] (the 'range' selection criterion)."""
+    n, k = weight.shape
+    groups = -(-k // group_size)
+    out = torch.empty(n, groups, dtype=torch.float64)
+    for g in range(groups):
+        part = weight[:, g * group_size:(g + 1) * group_size].double()
+        out[:, g] = part.amax(1) - part.amin(1)
+    return out

@@ -1,0 +1,353 @@
+"""Mixed 2/4-bit quantization: format, quantizer, dequantizer, quant_linear and modules."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from conftest import devices
+from reference import dequantize_packed, group_ranges
+
+import lmkernels
+from lmkernels import quant
+
+ops = torch.ops.lmkernels
+
+
+def nmse(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.detach().double(), b.detach().double()
+    return float(((a - b) ** 2).mean() / (b**2).mean().clamp_min(1e-30))
+
+
+def student_t(n: int, k: int, df: float = 3.0) -> torch.Tensor:
+    return (torch.distributions.StudentT(df).sample((n, k)) * 0.02).float()
+
+
+# ---- format ------------------------------------------------------------------------------
+
+
+def random_packed(n: int, k: int, group_size: int, num_hi: int):
+    """Packed tensors with arbitrary codes (all of 0..3 and 0..15 occur) and scales."""
+    s = lmkernels._fake._quant_shape(n, k, group_size, num_hi)
+    lo = torch.randint(0, 256, (n, s["lo_stride"]), dtype=torch.uint8)
+    hi = torch.randint(0, 256, (s["hi_quads"], 32), dtype=torch.uint8)
+    hi_groups = torch.stack([torch.randperm(s["groups"])[:num_hi].sort().values for _ in range(n)]).to(torch.int16)
+    scales = torch.randint(0, 256, (n, s["groups"]), dtype=torch.uint8)
+    super_scales = (torch.rand(n, s["super_blocks"], 2) * 0.1).half()
+    return lo, hi, hi_groups, scales, super_scales
+
+
+@pytest.mark.parametrize("n,k,group_size,num_hi", [(5, 256, 32, 3), (3, 100, 32, 1), (4, 700, 64, 5), (2, 20, 32, 0),
+                                                   (3, 512, 256, 2), (6, 384, 128, 3), (2, 96, 32, 3)])
+def test_dequantize_matches_format_description(n, k, group_size, num_hi):
+    packed = random_packed(n, k, group_size, num_hi)
+    got = ops.dequantize_weight(*packed, k, group_size)
+    assert torch.equal(got, dequantize_packed(*packed, k, group_size))
+
+
+def test_boundary_codes_roundtrip():
+    # Weights sitting exactly on the codes 0, 3 (2-bit) and 0, 15 (4-bit) of a group come back
+    # exactly; the step 15/16 makes the fp16 super-scale d = step / 15 exact.
+    k, step = 64, 15 / 16
+    w = torch.zeros(2, k)
+    w[:, :32] = torch.tensor([0.0, 3.0 * step] * 16)
+    w[:, 32:] = torch.tensor([0.0, 15.0 * step] * 16)
+    q = quant.quantize(w, group_size=32, frac_4bit=0.5)
+    assert q.hi_groups.tolist() == [[1], [1]]
+    assert torch.equal(quant.dequantize(q), w)
+
+
+# ---- quantizer ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("group_size", [32, 64, 128, 256])
+def test_quantize_error_bounds(group_size):
+    w = student_t(48, 1000)
+    q = quant.quantize(w, group_size=group_size, frac_4bit=0.25)
+    wd = quant.dequantize(q)
+    # Per element: within half a step of its group's decoded grid, unless clamped to its ends.
+    sc = (q.scales.long() & 15).float()
+    mc = (q.scales.long() >> 4).float()
+    upg = group_size // 32
+    block = (torch.arange(sc.shape[1]) * upg) // 8
+    step = (q.super_scales[:, :, 0].float()[:, block] * sc).repeat_interleave(group_size, 1)[:, :1000]
+    low = -(q.super_scales[:, :, 1].float()[:, block] * mc).repeat_interleave(group_size, 1)[:, :1000]
+    qmax = torch.full_like(sc, 3.0)
+    qmax[torch.arange(48)[:, None], q.hi_groups.long()] = 15.0
+    high = low + step * qmax.repeat_interleave(group_size, 1)[:, :1000]
+    inside = (w >= low) & (w <= high)
+    err = (wd - w).abs()
+    assert bool((err[inside] <= step[inside] / 2 * (1 + 1e-5) + 1e-7).all())
+    assert bool((err[~inside] <= torch.maximum(low - w, w - high)[~inside] + 1e-6).all())
+
+
+def test_mixed_precision_sits_between_uniform_2_and_4_bit():
+    w = student_t(64, 1024)
+
+    def rel(frac: float) -> float:
+        return float((quant.dequantize(quant.quantize(w, frac_4bit=frac)) - w).norm() / w.norm())
+
+    e2, mixed, e4 = rel(0.0), rel(0.2), rel(1.0)
+    assert e4 < mixed < e2
+    assert e2 < 0.40 and mixed < 0.30 and e4 < 0.10  # fitted k-quant-style scales (RTN 2-bit: ~0.5)
+
+
+def test_selected_groups_are_the_widest():
+    w = student_t(16, 1000)
+    q = quant.quantize(w, group_size=32, frac_4bit=0.2, select="range")
+    ranges = group_ranges(w, 32)
+    n4 = q.num_4bit_groups
+    assert n4 == round(0.2 * 32)
+    for r in range(16):
+        order = sorted(range(ranges.shape[1]), key=lambda g: (-ranges[r, g].item(), g))
+        assert q.hi_groups[r].tolist() == sorted(order[:n4])
+
+
+def test_error_selection_reduces_error():
+    w = student_t(32, 1024)
+    err = {}
+    for select in ("range", "error"):
+        err[select] = float((quant.dequantize(quant.quantize(w, select=select)) - w).norm())
+    assert err["error"] <= err["range"] * 1.01
+
+
+def test_importance_weights_the_fit():
+    w = student_t(16, 512)
+    importance = torch.ones(512)
+    importance[::4] = 100.0  # within every group, a quarter of the inputs matter most
+    plain = quant.dequantize(quant.quantize(w))
+    weighted = quant.dequantize(quant.quantize(w, importance=importance))
+    hot = slice(0, None, 4)
+    assert (weighted[:, hot] - w[:, hot]).norm() < 0.9 * (plain[:, hot] - w[:, hot]).norm()
+
+
+def test_constant_and_zero_groups():
+    w = torch.zeros(3, 96)
+    w[1] = -0.5  # constant negative: the min alone
+    w[2, :32] = 0.25  # constant positive: the top code
+    q = quant.quantize(w, frac_4bit=0.34)
+    wd = quant.dequantize(q)
+    assert torch.isfinite(wd).all()
+    assert torch.equal(wd[0], w[0])
+    # Only the fp16 rounding of the super-block scales (d = value / 15) remains.
+    assert torch.allclose(wd, w, rtol=1e-3, atol=0)
+
+
+@pytest.mark.parametrize("k", [384, 1536, 4096, 14336])
+def test_default_bits_per_weight(k):
+    q = quant.quantize(torch.randn(8, k))
+    assert q.bits_per_weight <= 2.9
+    expected_bytes = sum(t.numel() * t.element_size() for t in q.tensors())
+    assert math.isclose(q.bits_per_weight, 8 * expected_bytes / (8 * k))
+
+
+def test_quantize_is_thread_count_invariant():
+    w = student_t(40, 700)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = quant.quantize(w, frac_4bit=0.3).tensors()
+        torch.set_num_threads(2)
+        two = quant.quantize(w, frac_4bit=0.3).tensors()
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(a, b) for a, b in zip(one, two))
+
+
+# ---- matmul ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("m", [1, 2, 3, 7, 16, 33])
+@pytest.mark.parametrize("n,k,group_size", [(17, 300, 32), (64, 1024, 32), (9, 20, 32), (33, 640, 64),
+                                            (8, 1000, 128), (5, 512, 256)])
+def test_linear_matches_dequantized_weight(isa, m, n, k, group_size):
+    w = student_t(n, k)
+    q = quant.quantize(w, group_size=group_size, frac_4bit=0.25)
+    x = torch.randn(m, k)
+    bias = torch.randn(n)
+    got = quant.linear(x, q, bias)
+    ref = torch.nn.functional.linear(x, quant.dequantize(q), bias)
+    assert got.shape == (m, n) and got.dtype == torch.float32
+    assert nmse(got, ref) <= 5e-4
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_linear_low_precision_activations(isa, dtype):
+    w = student_t(48, 777)
+    q = quant.quantize(w)
+    x = torch.randn(2, 3, 777).to(dtype)
+    got = quant.linear(x, q)
+    ref = torch.nn.functional.linear(x.float(), quant.dequantize(q))
+    assert got.shape == (2, 3, 48) and got.dtype == dtype
+    assert nmse(got, ref) <= 5e-4
+
+
+def test_linear_every_isa_gives_the_same_bits():
+    w = student_t(37, 1000)
+    q = quant.quantize(w, group_size=32, frac_4bit=0.3)
+    x = torch.randn(6, 1000)
+    outs = {}
+    for isa in lmkernels.supported_cpu_isas():
+        lmkernels.set_cpu_isa(isa)
+        outs[isa] = quant.linear(x, q)
+    lmkernels.set_cpu_isa(None)
+    for isa, out in outs.items():
+        assert torch.equal(out, outs["scalar"]), isa
+
+
+def test_linear_is_thread_count_invariant():
+    q = quant.quantize(student_t(300, 512))
+    x = torch.randn(5, 512)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = quant.linear(x, q)
+        torch.set_num_threads(2)
+        two = quant.linear(x, q)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, two)
+
+
+def test_linear_close_to_float_weights():
+    w = torch.randn(64, 2048) * 0.02
+    x = torch.randn(4, 2048)
+    ref = x @ w.T
+    e2 = nmse(quant.linear(x, quant.quantize(w, frac_4bit=0.0)), ref)
+    e4 = nmse(quant.linear(x, quant.quantize(w, frac_4bit=1.0)), ref)
+    assert e4 < 0.01 < e2 < 0.2
+
+
+@pytest.mark.parametrize("device", devices())
+def test_linear_zero_rows_and_devices(device):
+    q = quant.quantize(student_t(16, 64)).to(device)
+    x = torch.randn(0, 64, device=device)
+    assert quant.linear(x, q).shape == (0, 16)
+    x = torch.randn(3, 64, device=device)
+    ref = torch.nn.functional.linear(x, quant.dequantize(q))
+    assert nmse(quant.linear(x, q), ref) <= 5e-4
+
+
+# ---- modules, save/load, compile ---------------------------------------------------------
+
+
+def test_quant_linear_module_state_dict_and_safetensors(tmp_path):
+    torch.manual_seed(1)
+    model = torch.nn.Sequential(torch.nn.Linear(96, 130), torch.nn.GELU(), torch.nn.Linear(130, 40, bias=False),
+                                torch.nn.Linear(40, 7))
+    quant.quantize_model(model, skip=("3",), progress=False)
+    assert isinstance(model[0], quant.QuantLinear) and isinstance(model[2], quant.QuantLinear)
+    assert type(model[3]) is torch.nn.Linear and not isinstance(model[3], quant.QuantLinear)
+    x = torch.randn(5, 96)
+    y = model(x)
+    path = str(tmp_path / "model.safetensors")
+    quant.save_quantized(model, path)
+    fresh = torch.nn.Sequential(torch.nn.Linear(96, 130), torch.nn.GELU(), torch.nn.Linear(130, 40, bias=False),
+                                torch.nn.Linear(40, 7))
+    quant.load_quantized(fresh, path)
+    assert torch.equal(fresh(x), y)
+    rebuilt = quant.QuantLinear.from_state_dict(model[0].state_dict())
+    assert torch.equal(rebuilt(x), model[0](x))
+
+
+def test_quantize_model_with_calibration():
+    torch.manual_seed(2)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Tanh(), torch.nn.Linear(64, 16))
+    scale = torch.ones(64)
+    scale[:8] = 20.0  # a few inputs carry most of the activation energy
+    batches = [torch.randn(32, 64) * scale for _ in range(4)]
+    reference = [model(b) for b in batches]
+    import copy
+
+    plain = quant.quantize_model(copy.deepcopy(model), progress=False)
+    aware = quant.quantize_model(copy.deepcopy(model), calibration=batches, progress=False)
+    err_plain = sum(nmse(plain(b), r) for b, r in zip(batches, reference))
+    err_aware = sum(nmse(aware(b), r) for b, r in zip(batches, reference))
+    assert err_aware < err_plain
+
+
+def test_transformers_model_quantizes():
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    model = transformers.LlamaForCausalLM(cfg).eval()
+    ids = torch.randint(0, 128, (1, 12))
+    with torch.no_grad():
+        ref = model(ids).logits
+        quant.quantize_model(model, frac_4bit=1.0, progress=False)
+        got = model(ids).logits
+    assert isinstance(model.model.layers[0].mlp.down_proj, quant.QuantLinear)
+    assert type(model.lm_head) is torch.nn.Linear
+    assert nmse(got, ref) < 0.05
+
+
+def test_opcheck_and_compile():
+    w = student_t(24, 200)
+    torch.library.opcheck(ops.quantize_weight, (w, 32, 2, "range", None))
+    q = quant.quantize(w, frac_4bit=0.3)
+    torch.library.opcheck(ops.dequantize_weight, (*q.tensors(), q.in_features, q.group_size))
+    x = torch.randn(3, 200)
+    bias = torch.randn(24)
+    torch.library.opcheck(ops.quant_linear, (x, *q.tensors(), bias, q.in_features, q.group_size))
+    compiled = torch.compile(lambda x: quant.linear(x, q, bias), fullgraph=True)
+    assert torch.equal(compiled(x), quant.linear(x, q, bias))
+
+
+# ---- bad inputs --------------------------------------------------------------------------
+
+
+def test_quantize_rejects_bad_input():
+    w = torch.randn(4, 64)
+    with pytest.raises(ValueError, match="2-D"):
+        quant.quantize(w[0])
+    with pytest.raises(TypeError, match="float32"):
+        quant.quantize(w.to(torch.int32))
+    with pytest.raises(ValueError, match="group_size"):
+        quant.quantize(w, group_size=48)
+    with pytest.raises(ValueError, match="frac_4bit"):
+        quant.quantize(w, frac_4bit=1.5)
+    with pytest.raises(ValueError, match="select"):
+        quant.quantize(w, select="best")
+    with pytest.raises(ValueError, match="importance"):
+        quant.quantize(w, importance=torch.ones(3))
+    bad = w.clone()
+    bad[2, 5] = float("nan")
+    with pytest.raises(RuntimeError, match="NaN or Inf"):
+        quant.quantize(bad)
+    bad[2, 5] = float("inf")
+    with pytest.raises(RuntimeError, match="NaN or Inf"):
+        quant.quantize(bad)
+    with pytest.raises(RuntimeError, match="importance must be finite"):
+        quant.quantize(w, importance=-torch.ones(64))
+    with pytest.raises(RuntimeError, match="num_4bit_groups"):
+        ops.quantize_weight(w, 32, 3, "range", None)
+    with pytest.raises(RuntimeError, match="too large"):
+        quant.quantize(w * 1e8)
+
+
+def test_linear_rejects_bad_input():
+    q = quant.quantize(torch.randn(8, 64), frac_4bit=0.5)
+    with pytest.raises(RuntimeError, match="in_features=64"):
+        quant.linear(torch.randn(2, 65), q)
+    with pytest.raises(RuntimeError, match="float32, bfloat16 or float16"):
+        quant.linear(torch.randn(2, 64).double(), q)
+    with pytest.raises(RuntimeError, match="bias must be"):
+        quant.linear(torch.randn(2, 64), q, torch.randn(9))
+    with pytest.raises(TypeError, match="QuantizedWeight"):
+        quant.linear(torch.randn(2, 64), torch.randn(8, 64))
+    lo, hi, hg, sc, ss = q.tensors()
+    with pytest.raises(RuntimeError, match="codes_lo must have shape"):
+        ops.quant_linear(torch.randn(1, 64), lo[:, :-1].contiguous(), hi, hg, sc, ss, None, 64, 32)
+    with pytest.raises(RuntimeError, match="super_scales must be"):
+        ops.quant_linear(torch.randn(1, 64), lo, hi, hg, sc, ss.float(), None, 64, 32)
+    with pytest.raises(RuntimeError, match="scales must have shape"):
+        ops.quant_linear(torch.randn(1, 65), lo, hi, hg, sc, ss, None, 65, 32)
+    bad_groups = hg.clone()
+    bad_groups[3, 0] = 7
+    with pytest.raises(RuntimeError, match="hi_groups holds a group index outside"):
+        ops.quant_linear(torch.randn(1, 64), lo, hi, bad_groups, sc, ss, None, 64, 32)
+    with pytest.raises(RuntimeError, match="strictly ascending"):
+        ops.dequantize_weight(lo, hi, bad_groups, sc, ss, 64, 32)
+    with pytest.raises(RuntimeError, match="group_size"):
+        ops.dequantize_weight(lo, hi, hg, sc, ss, 64, 48)
