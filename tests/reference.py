@@ -142,6 +142,8 @@ def dequantize_packed(codes_lo, codes_hi, hi_groups, scales, super_scales, in_fe
     upg = group_size // 32
     units = groups * upg
     num_hi = hi_groups.shape[1]
+    if n == 0:
+        return torch.zeros(0, in_features)
     q = torch.stack([unpack_quad_plane(codes_lo[r], units) for r in range(n)]).reshape(n, groups, group_size)
     hi = unpack_quad_plane(codes_hi, n * num_hi * upg).reshape(n, num_hi, group_size)
     rows = torch.arange(n)[:, None].expand(n, num_hi)

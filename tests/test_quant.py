@@ -345,7 +345,7 @@ def test_linear_rejects_bad_input():
         ops.quant_linear(torch.randn(1, 65), lo, hi, hg, sc, ss, None, 65, 32)
     bad_groups = hg.clone()
     bad_groups[3, 0] = 7
-    with pytest.raises(RuntimeError, match="hi_groups holds a group index outside"):
+    with pytest.raises(RuntimeError, match="quant_linear: hi_groups rows must hold strictly ascending"):
         ops.quant_linear(torch.randn(1, 64), lo, hi, bad_groups, sc, ss, None, 64, 32)
     with pytest.raises(RuntimeError, match="strictly ascending"):
         ops.dequantize_weight(lo, hi, bad_groups, sc, ss, 64, 32)

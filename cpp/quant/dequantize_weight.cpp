@@ -14,8 +14,8 @@ at::Tensor dequantize_weight_cpu(const at::Tensor& codes_lo, const at::Tensor& c
                                  const at::Tensor& scales, const at::Tensor& super_scales, int64_t in_features,
                                  int64_t group_size) {
   const QuantShape s = check_packed_weight({codes_lo, codes_hi, hi_groups, scales, super_scales}, in_features,
-                                           group_size, "dequantize");
-  check_hi_groups_host(hi_groups, s.groups, "dequantize");
+                                           group_size, "dequantize_weight");
+  check_hi_groups_host(hi_groups, s.groups, "dequantize_weight");
   at::Tensor out = at::empty({s.out_features, s.in_features}, codes_lo.options().dtype(at::kFloat));
   const auto* lo = codes_lo.data_ptr<uint8_t>();
   const auto* hi = codes_hi.data_ptr<uint8_t>();

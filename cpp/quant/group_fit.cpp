@@ -74,7 +74,7 @@ namespace {
 // The fp16 step for codes 0..15 covering `max_value`, rounded to what fp16 stores.
 float super_step(float max_value, uint16_t* f16) {
   const float step = max_value / 15.0f;
-  if (step > 65504.0f) throw std::range_error("quantize: weights too large for fp16 super-block scales (|w| > ~1e6)");
+  if (step > 65504.0f) throw std::range_error("quantize_weight: weights too large for fp16 super-block scales (|w| > ~1e6)");
   *f16 = f32_to_f16(step);
   return f16_to_f32(*f16);
 }

@@ -36,7 +36,11 @@ void quantize_activation_rows(const QuantShape& s, const void* x, int64_t rows, 
       int8_t* q = codes + m * stride;
       for (int64_t b = 0; b < S; ++b) {
         float absmax = 0.0f;
-        for (int64_t k = b * kQuantSuperBlock; k < (b + 1) * kQuantSuperBlock; ++k) absmax = std::max(absmax, std::fabs(row[k]));
+        // NaN-propagating max: a NaN activation must give a NaN output row, not be skipped.
+        for (int64_t k = b * kQuantSuperBlock; k < (b + 1) * kQuantSuperBlock; ++k) {
+          const float a = std::fabs(row[k]);
+          if (a > absmax || a != a) absmax = a;
+        }
         const float inverse = activation_inverse_scale(absmax);
         scales[m * S + b] = activation_block_scale(absmax);
         for (int64_t k = b * kQuantSuperBlock; k < (b + 1) * kQuantSuperBlock; ++k) q[k] = activation_code(row[k], inverse);
@@ -63,7 +67,10 @@ at::Tensor quant_linear_cpu(const at::Tensor& x, const at::Tensor& codes_lo, con
   std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
   out_shape.back() = s.out_features;
   at::Tensor out = at::empty({rows, s.out_features}, x.options().dtype(at::kFloat));
-  if (rows == 0 || s.out_features == 0) return out.to(x.scalar_type()).reshape(out_shape);
+  if (rows == 0 || s.out_features == 0) {
+    check_hi_groups_host(hi_groups, s.groups, "quant_linear");  // the kernel's own check never runs
+    return out.to(x.scalar_type()).reshape(out_shape);
+  }
 
   const auto opts = x.options();
   QuantizedActivations qa{at::empty({rows, s.super_blocks * kQuantSuperBlock}, opts.dtype(at::kChar)),
@@ -95,7 +102,7 @@ at::Tensor quant_linear_cpu(const at::Tensor& x, const at::Tensor& codes_lo, con
     std::vector<int64_t> scratch((quant_linear_scratch_bytes(s) + 7) / 8 + 8);
     if (!kernel(args, begin, end, scratch.data())) ok = false;
   });
-  TORCH_CHECK(ok.load(), "quant_linear: hi_groups holds a group index outside [0, ", s.groups, ")");
+  TORCH_CHECK(ok.load(), "quant_linear: hi_groups rows must hold strictly ascending group indices in [0, ", s.groups, ")");
   if (x.scalar_type() != at::kFloat) out = out.to(x.scalar_type());
   return out.reshape(out_shape);
 }

@@ -67,7 +67,7 @@ bool row_chunk(const QuantLinearArgs& a, int64_t n, int64_t m0, const RowScratch
   const int64_t hi_first = n * s.hi_units;  // this row's first unit in the shared high plane
   for (int64_t j = 0; j < s.num_hi; ++j) {
     const int64_t g = hi_groups[j];
-    if (g < 0 || g >= s.groups) {
+    if (g < 0 || g >= s.groups || (j > 0 && g <= hi_groups[j - 1])) {  // not strictly ascending in range
       ok = false;
       continue;
     }

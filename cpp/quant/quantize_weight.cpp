@@ -16,6 +16,7 @@
 #include "quant/group_fit.h"
 #include "quant/quant_checks.h"
 #include "quant/quant_format.h"
+#include "quant/quantize_weight.h"
 
 namespace lmkernels {
 namespace {
@@ -25,7 +26,7 @@ enum class Select { kRange, kError };
 Select parse_select(const std::string& select) {
   if (select == "range") return Select::kRange;
   if (select == "error") return Select::kError;
-  TORCH_CHECK(false, "quantize: select must be 'range' or 'error', got '", select, "'");
+  TORCH_CHECK(false, "quantize_weight: select must be 'range' or 'error', got '", select, "'");
 }
 
 bool all_finite(const float* x, int64_t n, bool non_negative) {
@@ -110,33 +111,44 @@ void quantize_row(const QuantShape& s, const float* row, const float* importance
   }
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> quantize_weight_cpu(
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> quantize_weight_host(
     const at::Tensor& weight, int64_t group_size, int64_t num_4bit_groups, const std::string& select,
     const std::optional<at::Tensor>& importance) {
-  TORCH_CHECK(weight.dim() == 2, "quantize: weight must be [out_features, in_features], got ", weight.sizes());
-  TORCH_CHECK(weight.scalar_type() == at::kFloat, "quantize: weight must be float32 here, got ", weight.scalar_type());
-  check_group_size(group_size, "quantize");
+  TORCH_CHECK(weight.dim() == 2, "quantize_weight: weight must be [out_features, in_features], got ", weight.sizes());
+  TORCH_CHECK(weight.scalar_type() == at::kFloat, "quantize_weight: weight must be float32 here, got ", weight.scalar_type());
+  check_group_size(group_size, "quantize_weight");
   const Select how = parse_select(select);
   const QuantShape s = make_quant_shape(weight.size(0), weight.size(1), group_size, num_4bit_groups);
-  TORCH_CHECK(s.in_features > 0, "quantize: in_features must be positive");
-  TORCH_CHECK(num_4bit_groups >= 0 && num_4bit_groups <= s.groups, "quantize: num_4bit_groups must be in [0, ",
+  TORCH_CHECK(s.in_features > 0, "quantize_weight: in_features must be positive");
+  TORCH_CHECK(num_4bit_groups >= 0 && num_4bit_groups <= s.groups, "quantize_weight: num_4bit_groups must be in [0, ",
               s.groups, "], got ", num_4bit_groups);
-  TORCH_CHECK(s.groups <= 32767, "quantize: in_features / group_size must fit int16 group indices, got ", s.groups);
+  TORCH_CHECK(s.groups <= 32767, "quantize_weight: in_features / group_size must fit int16 group indices, got ", s.groups);
 
   // Groups read whole: pad K with zeros (the padded weights are never fitted).
   const int64_t padded_k = s.groups * group_size;
   at::Tensor w = at::zeros({s.out_features, padded_k}, weight.options());
   w.narrow(1, 0, s.in_features).copy_(weight);
-  TORCH_CHECK(all_finite(w.data_ptr<float>(), w.numel(), /*non_negative=*/false), "quantize: weight contains NaN or Inf");
+  TORCH_CHECK(all_finite(w.data_ptr<float>(), w.numel(), /*non_negative=*/false), "quantize_weight: weight contains NaN or Inf");
   at::Tensor imp;
   if (importance.has_value()) {
     const at::Tensor& given = *importance;
     TORCH_CHECK(given.dim() == 1 && given.size(0) == s.in_features,
-                "quantize: importance must be [in_features] = [", s.in_features, "], got ", given.sizes());
+                "quantize_weight: importance must be [in_features] = [", s.in_features, "], got ", given.sizes());
     imp = at::zeros({padded_k}, weight.options());
     imp.narrow(0, 0, s.in_features).copy_(given);
     TORCH_CHECK(all_finite(imp.data_ptr<float>(), imp.numel(), /*non_negative=*/true),
-                "quantize: importance must be finite and non-negative");
+                "quantize_weight: importance must be finite and non-negative");
+    // A floor keeps zero-importance columns fitted (else any grid is "optimal" for them);
+    // all-zero importance means no preference: uniform.
+    float* values = imp.data_ptr<float>();
+    const double mean = std::accumulate(values, values + s.in_features, 0.0) / s.in_features;
+    if (mean > 0) {
+      for (int64_t k = 0; k < s.in_features; ++k) values[k] += static_cast<float>(1e-3 * mean);
+    } else {
+      imp = at::Tensor();
+    }
   }
 
   const auto u8 = weight.options().dtype(at::kByte);
@@ -178,8 +190,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> quantize_
   return {lo, hi, hi_groups, scales, super_scales};
 }
 
-}  // namespace
-
-TORCH_LIBRARY_IMPL(lmkernels, CPU, m) { m.impl("quantize_weight", &quantize_weight_cpu); }
+TORCH_LIBRARY_IMPL(lmkernels, CPU, m) { m.impl("quantize_weight", &quantize_weight_host); }
 
 }  // namespace lmkernels

@@ -44,4 +44,4 @@ def attempt(op_name: str, call: Callable):
     return result
 
 
-from . import attention, kvcache, prepack, rope, sparse  # noqa: E402,F401  (registers)
+from . import attention, kvcache, prepack, quant, rope, sparse  # noqa: E402,F401  (registers)
