@@ -22,6 +22,8 @@ TORCH_LIBRARY(lmkernels, m) {
   m.def("pack_sequences(Tensor lengths, int capacity, str algorithm) -> (Tensor, Tensor)");
   // Mixed 2/4-bit quantization of a float32 weight [N, K] (quant_format.h); importance: [K] error weights.
   m.def("quantize_weight(Tensor weight, int group_size, int num_4bit_groups, str select, Tensor? importance) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // The same with GPTQ error feedback under hessian [K, K] = sum of x x^T over calibration inputs.
+  m.def("quantize_weight_gptq(Tensor weight, Tensor hessian, int group_size, int num_4bit_groups, str select, float damp) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   // The packed weight back to float32 [N, K].
   m.def("dequantize_weight(Tensor codes_lo, Tensor codes_hi, Tensor hi_groups, Tensor scales, Tensor super_scales, int in_features, int group_size) -> Tensor");
   // y = x @ W^T (+ bias) with W packed; x [..., K] float32/bfloat16/float16 -> [..., N] in x's dtype.

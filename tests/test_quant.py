@@ -251,20 +251,73 @@ def test_quant_linear_module_state_dict_and_safetensors(tmp_path):
     assert torch.equal(rebuilt(x), model[0](x))
 
 
-def test_quantize_model_with_calibration():
+@pytest.mark.parametrize("method", ["rtn", "gptq"])
+def test_quantize_model_with_calibration(method):
     torch.manual_seed(2)
     model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Tanh(), torch.nn.Linear(64, 16))
     scale = torch.ones(64)
     scale[:8] = 20.0  # a few inputs carry most of the activation energy
     batches = [torch.randn(32, 64) * scale for _ in range(4)]
-    reference = [model(b) for b in batches]
+    held_out = [torch.randn(32, 64) * scale for _ in range(4)]
+    reference = [model(b) for b in held_out]
     import copy
 
     plain = quant.quantize_model(copy.deepcopy(model), progress=False)
-    aware = quant.quantize_model(copy.deepcopy(model), calibration=batches, progress=False)
-    err_plain = sum(nmse(plain(b), r) for b, r in zip(batches, reference))
-    err_aware = sum(nmse(aware(b), r) for b, r in zip(batches, reference))
+    aware = quant.quantize_model(copy.deepcopy(model), calibration=batches, method=method, progress=False)
+    err_plain = sum(nmse(plain(b), r) for b, r in zip(held_out, reference))
+    err_aware = sum(nmse(aware(b), r) for b, r in zip(held_out, reference))
     assert err_aware < err_plain
+
+
+def correlated_inputs(rows: int, k: int, seed: int) -> torch.Tensor:
+    """Samples of one fixed distribution with correlated features (the mix depends on k only)."""
+    mix = torch.randn(k, k, generator=torch.Generator().manual_seed(k)) / k**0.5
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(rows, k, generator=g) @ mix + 0.1 * torch.randn(rows, k, generator=g)
+
+
+@pytest.mark.parametrize("k,group_size,frac", [(768, 32, 0.2), (300, 64, 0.0), (1000, 128, 1.0), (200, 256, 0.5)])
+def test_gptq_reduces_output_error(k, group_size, frac):
+    w = student_t(96, k)
+    x, x_test = correlated_inputs(4 * k, k, 0), correlated_inputs(1024, k, 1)
+    hessian = x.double().T @ x.double()
+    ref = x_test @ w.T
+    rtn = quant.quantize(w, group_size=group_size, frac_4bit=frac, importance=(x * x).mean(0))
+    gptq = quant.quantize(w, group_size=group_size, frac_4bit=frac, hessian=hessian)
+    err_rtn = nmse(x_test @ quant.dequantize(rtn).T, ref)
+    err_gptq = nmse(x_test @ quant.dequantize(gptq).T, ref)
+    assert err_gptq < 0.85 * err_rtn, (err_gptq, err_rtn)
+    # Same bit budget and the same 4-bit groups (chosen on the original weights).
+    assert gptq.bits_per_weight == rtn.bits_per_weight
+    top = torch.sort(group_ranges(w, group_size), dim=1, descending=True, stable=True).indices[:, : gptq.num_4bit_groups]
+    assert torch.equal(gptq.hi_groups.long(), top.sort(1).values)
+
+
+def test_gptq_without_correlations_is_round_to_nearest():
+    # A diagonal Hessian has no off-diagonal terms to carry errors: GPTQ rounds to nearest,
+    # with the diagonal as importance.
+    w = student_t(40, 320)
+    diag = torch.rand(320) + 0.5
+    gptq = quant.quantize(w, frac_4bit=0.25, hessian=torch.diag(diag).double())
+    rtn = quant.quantize(w, frac_4bit=0.25, importance=diag)
+    assert torch.equal(quant.dequantize(gptq), quant.dequantize(rtn))
+
+
+def test_gptq_handles_dead_inputs_and_is_thread_invariant():
+    w = student_t(33, 200)
+    x = correlated_inputs(800, 200, 3)
+    x[:, 10:20] = 0  # inputs that never fire: zero Hessian rows and columns
+    hessian = x.double().T @ x.double()
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = quant.quantize(w, hessian=hessian)
+        torch.set_num_threads(2)
+        two = quant.quantize(w, hessian=hessian)
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(a, b) for a, b in zip(one.tensors(), two.tensors()))
+    assert torch.isfinite(quant.dequantize(one)).all()
 
 
 def test_transformers_model_quantizes():
@@ -285,6 +338,8 @@ def test_transformers_model_quantizes():
 def test_opcheck_and_compile():
     w = student_t(24, 200)
     torch.library.opcheck(ops.quantize_weight, (w, 32, 2, "range", None))
+    x = correlated_inputs(400, 200, 0).double()
+    torch.library.opcheck(ops.quantize_weight_gptq, (w, x.T @ x, 32, 2, "error", 0.01))
     q = quant.quantize(w, frac_4bit=0.3)
     torch.library.opcheck(ops.dequantize_weight, (*q.tensors(), q.in_features, q.group_size))
     x = torch.randn(3, 200)
@@ -324,6 +379,23 @@ def test_quantize_rejects_bad_input():
         ops.quantize_weight(w, 32, 3, "range", None)
     with pytest.raises(RuntimeError, match="too large"):
         quant.quantize(w * 1e8)
+    h = torch.eye(64, dtype=torch.float64)
+    with pytest.raises(ValueError, match="hessian must be a \\[64, 64\\]"):
+        quant.quantize(w, hessian=h[:5])
+    with pytest.raises(ValueError, match="not both"):
+        quant.quantize(w, hessian=h, importance=torch.ones(64))
+    with pytest.raises(ValueError, match="damp"):
+        quant.quantize(w, hessian=h, damp=-1.0)
+    bad_h = h.clone()
+    bad_h[3, 4] = float("nan")
+    with pytest.raises(RuntimeError, match="quantize_weight_gptq: hessian contains NaN"):
+        quant.quantize(w, hessian=bad_h)
+    with pytest.raises(RuntimeError, match="negative diagonal"):
+        quant.quantize(w, hessian=-h)
+    with pytest.raises(RuntimeError, match="hessian must be floating point"):
+        ops.quantize_weight_gptq(w, h.long(), 32, 0, "range", 0.01)
+    with pytest.raises(ValueError, match="method"):
+        quant.quantize_model(torch.nn.Linear(4, 4), method="awq")
 
 
 def test_linear_rejects_bad_input():

@@ -74,12 +74,33 @@ namespace {
 // The fp16 step for codes 0..15 covering `max_value`, rounded to what fp16 stores.
 float super_step(float max_value, uint16_t* f16) {
   const float step = max_value / 15.0f;
-  if (step > 65504.0f) throw std::range_error("quantize_weight: weights too large for fp16 super-block scales (|w| > ~1e6)");
+  if (step > 65504.0f) throw std::range_error("weights too large for fp16 super-block scales (|w| > ~1e6)");
   *f16 = f32_to_f16(step);
   return f16_to_f32(*f16);
 }
 
 }  // namespace
+
+uint8_t scale_codes_for(const float* w, const float* importance, int n, int qmax, GroupFit fit, float d,
+                        float dmin) {
+  const float sc = d > 0 ? fit.scale / d : 0.0f;
+  const float mc = dmin > 0 ? fit.min / dmin : 0.0f;
+  int best_sc = 0, best_mc = 0;
+  double best_sse = INFINITY;
+  for (int s : {int(std::floor(sc)), int(std::ceil(sc))}) {
+    for (int m : {int(std::floor(mc)), int(std::ceil(mc))}) {
+      s = std::clamp(s, 0, 15);
+      m = std::clamp(m, 0, 15);
+      const double sse = group_sse(w, importance, n, qmax, {d * s, dmin * m});
+      if (sse < best_sse) {
+        best_sse = sse;
+        best_sc = s;
+        best_mc = m;
+      }
+    }
+  }
+  return static_cast<uint8_t>(best_sc | (best_mc << 4));
+}
 
 void quantize_super_block(const float* const* w, const float* const* importance, const int* n, const int* qmax,
                           const GroupFit* fits, int count, uint16_t* d_dmin_f16, uint8_t* packed_scales) {
@@ -91,23 +112,7 @@ void quantize_super_block(const float* const* w, const float* const* importance,
   const float d = super_step(max_scale, &d_dmin_f16[0]);
   const float dmin = super_step(max_min, &d_dmin_f16[1]);
   for (int g = 0; g < count; ++g) {
-    const float sc = d > 0 ? fits[g].scale / d : 0.0f;
-    const float mc = dmin > 0 ? fits[g].min / dmin : 0.0f;
-    int best_sc = 0, best_mc = 0;
-    double best_sse = INFINITY;
-    for (int s : {int(std::floor(sc)), int(std::ceil(sc))}) {
-      for (int m : {int(std::floor(mc)), int(std::ceil(mc))}) {
-        s = std::clamp(s, 0, 15);
-        m = std::clamp(m, 0, 15);
-        const double sse = group_sse(w[g], importance[g], n[g], qmax[g], {d * s, dmin * m});
-        if (sse < best_sse) {
-          best_sse = sse;
-          best_sc = s;
-          best_mc = m;
-        }
-      }
-    }
-    packed_scales[g] = static_cast<uint8_t>(best_sc | (best_mc << 4));
+    packed_scales[g] = scale_codes_for(w[g], importance[g], n[g], qmax[g], fits[g], d, dmin);
   }
 }
 

@@ -23,6 +23,10 @@ int group_code(float w, int qmax, GroupFit fit);
 // (null: uniform). A constant group gets scale 0 and reproduces its value exactly when <= 0.
 GroupFit fit_group(const float* w, const float* weight, int n, int qmax);
 
+// The packed scale | min << 4 codes (4 bits each, floor or ceil of fit / (d, dmin), whichever
+// gives the smaller error) of one group under a super-block's decoded (d, dmin).
+uint8_t scale_codes_for(const float* w, const float* importance, int n, int qmax, GroupFit fit, float d, float dmin);
+
 // Second order: the fp16 pair (d, dmin) of one super-block's `count` fitted groups, and per
 // group its scale and min codes (4 bits each, floor or ceil of the fit, whichever gives the
 // smaller error), packed as scale | min << 4. Throws std::range_error if d overflows fp16.

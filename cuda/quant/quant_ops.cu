@@ -207,10 +207,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> quantize_
   return {lo.to(device), hi.to(device), groups.to(device), sc.to(device), ss.to(device)};
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> quantize_weight_gptq_cuda(
+    const at::Tensor& weight, const at::Tensor& hessian, int64_t group_size, int64_t num_4bit_groups,
+    const std::string& select, double damp) {
+  auto [lo, hi, groups, sc, ss] =
+      quantize_weight_gptq_host(weight.cpu(), hessian.cpu(), group_size, num_4bit_groups, select, damp);
+  const auto device = weight.device();
+  return {lo.to(device), hi.to(device), groups.to(device), sc.to(device), ss.to(device)};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(lmkernels, CUDA, m) {
   m.impl("quantize_weight", &quantize_weight_cuda);
+  m.impl("quantize_weight_gptq", &quantize_weight_gptq_cuda);
   m.impl("dequantize_weight", &dequantize_weight_cuda);
   m.impl("quant_linear", &quant_linear_cuda);
 }

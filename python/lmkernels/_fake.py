@@ -75,6 +75,11 @@ def _quantize_weight_fake(weight, group_size, num_4bit_groups, select, importanc
     )
 
 
+@torch.library.register_fake("lmkernels::quantize_weight_gptq")
+def _quantize_weight_gptq_fake(weight, hessian, group_size, num_4bit_groups, select, damp):
+    return _quantize_weight_fake(weight, group_size, num_4bit_groups, select, None)
+
+
 @torch.library.register_fake("lmkernels::dequantize_weight")
 def _dequantize_weight_fake(codes_lo, codes_hi, hi_groups, scales, super_scales, in_features, group_size):
     return codes_lo.new_empty((hi_groups.shape[0], in_features), dtype=torch.float32)

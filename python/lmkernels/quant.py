@@ -98,6 +98,8 @@ def quantize(
     frac_4bit: float = DEFAULT_FRAC_4BIT,
     select: str = "range",
     importance: torch.Tensor | None = None,
+    hessian: torch.Tensor | None = None,
+    damp: float = 0.01,
 ) -> QuantizedWeight:
     """Quantize a float ``[out_features, in_features]`` weight to mixed 2/4 bits.
 
@@ -112,6 +114,11 @@ def quantize(
         importance: optional non-negative ``[in_features]`` weights of each input's squared
             error, e.g. the mean squared activation (the Hessian diagonal); used for fitting
             and for ``select="error"``.
+        hessian: optional ``[in_features, in_features]`` sum of ``x x^T`` over calibration
+            inputs of the layer. Given it, quantization uses GPTQ error feedback (each
+            column's rounding error is compensated on the columns after it) and ``diag(hessian)``
+            as importance; ``importance`` must then be None.
+        damp: GPTQ damping, added to the Hessian diagonal as ``damp * mean(diag)``.
 
     The result is on the weight's device (quantization itself runs on the CPU).
     """
@@ -132,9 +139,20 @@ def quantize(
         if not isinstance(importance, torch.Tensor) or importance.shape != (in_features,):
             raise ValueError(f"quantize: importance must be a [{in_features}] tensor")
         importance = importance.detach().to("cpu", torch.float32).contiguous()
+    if hessian is not None:
+        if importance is not None:
+            raise ValueError("quantize: pass importance or hessian, not both (the hessian's diagonal is the importance)")
+        if not isinstance(hessian, torch.Tensor) or hessian.shape != (in_features, in_features):
+            raise ValueError(f"quantize: hessian must be a [{in_features}, {in_features}] tensor")
+        if not (isinstance(damp, (int, float)) and 0.0 <= damp <= 1.0):
+            raise ValueError(f"quantize: damp must be in [0, 1], got {damp!r}")
     num_hi = _num_4bit_groups(in_features, group_size, frac_4bit)
     host = weight.detach().to("cpu", torch.float32).contiguous()
-    packed = torch.ops.lmkernels.quantize_weight(host, group_size, num_hi, select, importance)
+    if hessian is not None:
+        h = hessian.detach().to("cpu", torch.float64).contiguous()
+        packed = torch.ops.lmkernels.quantize_weight_gptq(host, h, group_size, num_hi, select, float(damp))
+    else:
+        packed = torch.ops.lmkernels.quantize_weight(host, group_size, num_hi, select, importance)
     qweight = QuantizedWeight(*packed, in_features=in_features, group_size=group_size)
     return qweight if weight.device.type == "cpu" else qweight.to(weight.device)
 
@@ -239,16 +257,19 @@ def _matches(name: str, skip: Iterable[str]) -> bool:
 
 
 @torch.no_grad()
-def _activation_importance(model: nn.Module, names: list[str], calibration: Iterable[Any]) -> dict[str, torch.Tensor]:
-    """Mean squared input of each named linear layer over the calibration batches."""
-    sums: dict[str, torch.Tensor] = {}
+def _input_statistics(model: nn.Module, names: list[str], calibration: Iterable[Any],
+                      full: bool) -> dict[str, torch.Tensor]:
+    """Per named linear layer, over the calibration batches: the input Hessian sum of x x^T
+    (float64 [K, K]) when `full`, else the mean squared input [K]."""
+    stats: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
     hooks = []
     modules = dict(model.named_modules())
     for name in names:
         def hook(module, args, name=name):  # noqa: ANN001
-            x = args[0].detach().float().reshape(-1, args[0].shape[-1])
-            sums[name] = sums.get(name, 0) + (x * x).sum(0).cpu()
+            x = args[0].detach().reshape(-1, args[0].shape[-1]).to("cpu", torch.float64)
+            part = x.T @ x if full else (x * x).sum(0)
+            stats[name] = stats[name] + part if name in stats else part
             counts[name] = counts.get(name, 0) + x.shape[0]
         hooks.append(modules[name].register_forward_pre_hook(hook))
     try:
@@ -262,7 +283,7 @@ def _activation_importance(model: nn.Module, names: list[str], calibration: Iter
     finally:
         for h in hooks:
             h.remove()
-    return {name: sums[name] / counts[name] for name in sums}
+    return {name: stats[name] if full else (stats[name] / counts[name]).float() for name in stats}
 
 
 def quantize_model(
@@ -270,6 +291,7 @@ def quantize_model(
     *,
     skip: Iterable[str] = ("lm_head",),
     calibration: Iterable[Any] | None = None,
+    method: str = "gptq",
     progress: bool = True,
     **opts: Any,
 ) -> nn.Module:
@@ -278,24 +300,31 @@ def quantize_model(
     Args:
         skip: layer names to keep in float: an exact name, a prefix, or a last name component
             (the default keeps a language model's output head).
-        calibration: optional iterable of model inputs (tensors, tuples or keyword dicts). Each
-            layer's mean squared input becomes its ``importance`` (activation-aware fitting and
-            4-bit group choice).
+        calibration: optional iterable of model inputs (tensors, tuples or keyword dicts), run
+            once through the float model to collect each layer's input statistics.
+        method: with calibration, ``"gptq"`` (error feedback under each layer's input Hessian,
+            which costs ``8 * in_features**2`` bytes per layer while calibrating) or ``"rtn"``
+            (round to nearest, fitted and 4-bit groups chosen with the mean squared input as
+            importance). Without calibration: round to nearest.
         progress: show a tqdm progress bar.
-        opts: :func:`quantize` options (group_size, frac_4bit, select).
+        opts: :func:`quantize` options (group_size, frac_4bit, select, damp).
 
     Returns the model.
     """
+    if method not in ("gptq", "rtn"):
+        raise ValueError(f"quantize_model: method must be 'gptq' or 'rtn', got {method!r}")
     skip = tuple(skip)
     names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and not _matches(n, skip)]
-    importance = _activation_importance(model, names, calibration) if calibration is not None else {}
+    stats = _input_statistics(model, names, calibration, method == "gptq") if calibration is not None else {}
+    key = "hessian" if method == "gptq" else "importance"
     from tqdm.auto import tqdm
 
     for name in tqdm(names, desc="quantize", disable=not progress):
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         layer = getattr(parent, child)
-        setattr(parent, child, QuantLinear.from_linear(layer, importance=importance.get(name), **opts))
+        setattr(parent, child, QuantLinear.from_linear(layer, **{key: stats.get(name)}, **opts))
+        stats.pop(name, None)
     return model
 
 

@@ -12,6 +12,7 @@ from . import attempt, fuzzer
 from .common import FLOAT_DTYPES, bits, cpu_isa, layout_view, num_threads, special_values
 
 QUANTIZE = "lmkernels::quantize_weight"
+GPTQ = "lmkernels::quantize_weight_gptq"
 DEQUANTIZE = "lmkernels::dequantize_weight"
 LINEAR = "lmkernels::quant_linear"
 GROUP_SIZES = [32, 64, 128, 256]
@@ -66,6 +67,45 @@ def fuzz_quantize_weight(data):
     with num_threads(1):
         single = torch.ops.lmkernels.quantize_weight(weight.contiguous(), group_size, num_hi, select, importance)
     for a, b in zip(single, packed):
+        assert torch.equal(a, b), "1 thread differs"
+
+
+@fuzzer(GPTQ)
+def fuzz_quantize_weight_gptq(data):
+    draw = data.draw
+    fault = draw(st.sampled_from([None] * 6 + ["hessian shape", "hessian nan", "negative diag", "damp", "dtype"]),
+                 label="fault")
+    n, k = draw(st.integers(0, 6), label="rows"), draw(st.integers(1, 300), label="in_features")
+    group_size = draw(st.sampled_from(GROUP_SIZES), label="group_size")
+    num_hi = draw(st.integers(0, -(-k // group_size)), label="num_hi")
+    weight = draw(special_values((n, k), torch.float32), label="weight")
+    # x x^T sums of a few samples: low rank and with dead inputs, as real calibration gives.
+    samples = draw(st.integers(0, 2 * k), label="samples")
+    x = torch.randn(samples, k, generator=torch.Generator().manual_seed(draw(st.integers(0, 99))))
+    x[:, : draw(st.integers(0, k))] *= draw(st.sampled_from([0.0, 1.0, 1e3]))
+    hessian = x.double().T @ x.double()
+    damp = draw(st.sampled_from([0.0, 0.01, 1.0]), label="damp")
+    if fault == "hessian shape":
+        hessian = hessian[:-1]
+    elif fault == "hessian nan":
+        hessian[draw(st.integers(0, k - 1)), 0] = float("nan")
+    elif fault == "negative diag":
+        hessian[0, 0] = -1.0
+    elif fault == "damp":
+        damp = draw(st.sampled_from([-0.1, 2.0, float("nan")]))
+    elif fault == "dtype":
+        hessian = hessian.to(torch.int64)
+    result = attempt(GPTQ, lambda: torch.ops.lmkernels.quantize_weight_gptq(weight, hessian, group_size, num_hi,
+                                                                             "range", damp))
+    if result is None:
+        assert fault is not None or not torch.isfinite(weight).all() or weight.abs().max() > 1e5, "valid input refused"
+        return
+    assert torch.isfinite(weight).all(), "NaN/Inf weight accepted"
+    got = reference.dequantize_packed(*result, k, group_size)
+    assert torch.isfinite(got).all() and got.shape == (n, k)
+    with num_threads(1):
+        single = torch.ops.lmkernels.quantize_weight_gptq(weight, hessian, group_size, num_hi, "range", damp)
+    for a, b in zip(single, result):
         assert torch.equal(a, b), "1 thread differs"
 
 

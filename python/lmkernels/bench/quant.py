@@ -1,0 +1,72 @@
+"""Mixed 2/4-bit quant_linear against torch.nn.functional.linear with fp32, bf16 and fp16
+weights, and against our own dequantize-then-linear, on Llama-3-8B projection shapes.
+
+Speed-up is over bf16 `F.linear` (the usual way to run a model on CPU). Effective bandwidth
+is the packed weight's bytes over the time; "of read bw" divides it by the machine's read
+bandwidth, measured in the same run by summing a large buffer.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from lmkernels import quant
+
+from .harness import Row, compare
+
+CORE = "quant"
+SHAPES = [(4096, 4096), (14336, 4096), (4096, 14336)]  # [out_features, in_features]
+
+
+def read_bandwidth_gbs(megabytes: int = 512) -> float:
+    """Read bandwidth in GB/s: the median of timed sums over a buffer far larger than the caches."""
+    buf = torch.ones(megabytes * 2**20 // 4)
+    buf.sum()
+    times = []
+    for _ in range(7):
+        t0 = time.perf_counter()
+        buf.sum()
+        times.append(time.perf_counter() - t0)
+    return buf.numel() * 4 / statistics.median(times) / 1e9
+
+
+def run(quick: bool, out_dir: Path | None = None) -> list[Row]:
+    shapes = SHAPES[:1] if quick else SHAPES
+    batches = [1, 16] if quick else [1, 4, 16, 64]
+    dtypes = [torch.bfloat16] if quick else [torch.float32, torch.bfloat16]
+    bandwidth = read_bandwidth_gbs(128 if quick else 512)
+    rows: list[Row] = []
+    for out_features, in_features in shapes:
+        w = torch.randn(out_features, in_features) * 0.02
+        qw = quant.quantize(w)
+        weights = {torch.float32: w, torch.bfloat16: w.bfloat16(), torch.float16: w.half()}
+        for dtype in dtypes:
+            for batch in batches:
+                x = torch.randn(batch, in_features).to(dtype)
+                xs = {d: x.to(d) for d in weights}
+                impls = {
+                    "F.linear bf16": lambda: F.linear(xs[torch.bfloat16], weights[torch.bfloat16]),
+                    "F.linear fp32": lambda: F.linear(xs[torch.float32], weights[torch.float32]),
+                    "dequantize + F.linear": lambda: F.linear(x, quant.dequantize(qw).to(dtype)),
+                    "lmkernels": lambda: quant.linear(x, qw),
+                }
+                if not quick:
+                    impls["F.linear fp16"] = lambda: F.linear(xs[torch.float16], weights[torch.float16])
+                dtype_name = str(dtype).removeprefix("torch.")
+
+                def extra(name: str, ms: float) -> dict:
+                    if name != "lmkernels":
+                        return {}
+                    gbs = qw.nbytes / (ms * 1e-3) / 1e9
+                    return {"bits/weight": qw.bits_per_weight, "GB/s": gbs, "of read bw": gbs / bandwidth}
+
+                case = f"{out_features}x{in_features} batch {batch} x {dtype_name}"
+                rows += compare(CORE, case, impls, baseline="F.linear bf16", quick=quick, extra=extra)
+    rows.append(Row(CORE, "machine read bandwidth", "torch.sum over 512 MB" if not quick else "torch.sum over 128 MB",
+                    0.0, 0.0, 7, extra={"GB/s": bandwidth}))
+    return rows
