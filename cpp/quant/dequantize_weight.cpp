@@ -3,6 +3,7 @@
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <vector>
 
 #include "quant/quant_checks.h"
@@ -23,15 +24,30 @@ at::Tensor dequantize_weight_cpu(const at::Tensor& codes_lo, const at::Tensor& c
   const auto* sc = scales.data_ptr<uint8_t>();
   const auto* ss = reinterpret_cast<const uint16_t*>(super_scales.data_ptr<at::Half>());
   float* dst = out.data_ptr<float>();
+  // Per group: the 16 possible values (scale * q - min, the same float ops as
+  // dequantize_weight_at), then a table lookup per weight.
   at::parallel_for(0, s.out_features, 16, [&](int64_t begin, int64_t end) {
     std::vector<int64_t> rank(s.groups);
     for (int64_t r = begin; r < end; ++r) {
       std::fill(rank.begin(), rank.end(), -1);
       for (int64_t j = 0; j < s.num_hi; ++j) rank[hg[r * s.num_hi + j]] = j;
-      for (int64_t k = 0; k < s.in_features; ++k) {
-        dst[r * s.in_features + k] =
-            dequantize_weight_at(s, r, lo + r * s.lo_stride, hi, sc + r * s.groups,
-                                 ss + r * s.super_blocks * 2, k, rank[k / s.group_size]);
+      const uint8_t* lo_row = lo + r * s.lo_stride;
+      const uint16_t* super_row = ss + r * s.super_blocks * 2;
+      float* row = dst + r * s.in_features;
+      for (int64_t g = 0; g < s.groups; ++g) {
+        const GroupScale gs = decode_group_scale(sc[r * s.groups + g], super_row + 2 * super_block_of_group(g, s.units_per_group));
+        float table[16];
+        for (int q = 0; q < 16; ++q) table[q] = gs.scale * static_cast<float>(q) - gs.min;
+        const int64_t k_end = std::min((g + 1) * s.group_size, s.in_features);
+        for (int64_t k = g * s.group_size; k < k_end; ++k) {
+          const int64_t unit = k / kQuantUnit;
+          const int lane = static_cast<int>(k % kQuantUnit);
+          int q = unit_code(lo_row, unit, lane);
+          if (rank[g] >= 0) {
+            q += 4 * unit_code(hi, r * s.hi_units + rank[g] * s.units_per_group + unit % s.units_per_group, lane);
+          }
+          row[k] = table[q];
+        }
       }
     }
   });

@@ -101,7 +101,7 @@ def format_table(rows: list[Row]) -> str:
     header = ["case", "impl", "median ms", "IQR ms", "speed-up"] + extra_keys
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
-        ratio = "baseline" if r.impl == r.baseline else f"{r.ratio:.2f}x"
+        ratio = "baseline" if r.impl == r.baseline else ("" if r.ratio is None else f"{r.ratio:.2f}x")
         cells = [r.case, r.impl, f"{r.median_ms:.3f}", f"{r.iqr_ms:.3f}", ratio]
         cells += [_fmt(r.extra.get(k, "")) for k in extra_keys]
         lines.append("| " + " | ".join(cells) + " |")
