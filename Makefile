@@ -5,6 +5,8 @@
 #   make wheel     a wheel in dist/
 #   make sanitize  the test suite against an ASan + UBSan build (CPU sources)
 #   make fuzz      the fuzz tests with many cases per op (FUZZ_EXAMPLES, default 2000)
+#   make corpora   text corpora from Debian packages into data/corpora (apt-get, see README)
+#   make reference-models   train the reference models into data/models (CPU, ~20 min each)
 # Knobs: PYTHON, VENV, TORCH_SPEC, LMKERNELS_CUDA=AUTO|ON|OFF, PYTEST_ARGS, BENCH_ARGS.
 
 PYTHON ?= python3
@@ -17,7 +19,7 @@ STAMP := $(VENV)/.lmkernels-deps
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: all install test bench wheel sanitize fuzz clean
+.PHONY: all install test bench wheel sanitize fuzz clean corpora reference-models
 
 all: test
 
@@ -35,6 +37,16 @@ test: install
 
 bench: install
 	$(PY) -m lmkernels.bench $(BENCH_ARGS)
+
+DATA_DIR ?= data
+corpora: install
+	$(PY) -m lmkernels.data build-corpora $(DATA_DIR)/corpora
+
+reference-models: corpora
+	$(PY) -m lmkernels.data train-reference --corpora $(DATA_DIR)/corpora --out $(DATA_DIR)/models/small-en \
+		--preset small --sources en pydoc
+	$(PY) -m lmkernels.data train-reference --corpora $(DATA_DIR)/corpora --out $(DATA_DIR)/models/small-multi \
+		--preset small --sources en fr de
 
 wheel: $(STAMP)
 	$(PY) -m pip wheel --no-build-isolation --no-deps -w dist .

