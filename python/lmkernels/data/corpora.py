@@ -77,7 +77,11 @@ def render_man(path: str) -> str:
         return ""
     # -K: UTF-8 input; HY=0 and AD=l: no hyphenation or justification spaces in the text.
     command = ["groff", "-K", "utf-8", "-t", "-man", "-Tutf8", "-P-cbou", "-rLL=80n", "-rHY=0", "-dAD=l"]
-    out = subprocess.run(command, input=raw, capture_output=True, check=False, env={**os.environ, "LC_ALL": "C.UTF-8"})
+    # groff gets a clean environment: no LD_PRELOAD (a sanitizer runtime would break it).
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"} | {"LC_ALL": "C.UTF-8"}
+    out = subprocess.run(command, input=raw, capture_output=True, check=False, env=env)
+    if out.returncode != 0:
+        raise RuntimeError(f"build-corpora: groff failed on {path}: {out.stderr.decode(errors='replace')[-500:]}")
     return out.stdout.decode("utf-8", errors="replace")
 
 
