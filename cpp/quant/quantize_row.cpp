@@ -10,6 +10,7 @@
 #include <numeric>
 
 #include "quant/group_fit.h"
+#include "quant/quant_checks.h"
 
 namespace lmkernels {
 namespace {
@@ -47,8 +48,7 @@ QuantShape prepare_weight(const at::Tensor& weight, int64_t group_size, int64_t 
                           at::Tensor* w_padded) {
   TORCH_CHECK(weight.dim() == 2, op, ": weight must be [out_features, in_features], got ", weight.sizes());
   TORCH_CHECK(weight.scalar_type() == at::kFloat, op, ": weight must be float32 here, got ", weight.scalar_type());
-  TORCH_CHECK(group_size == 32 || group_size == 64 || group_size == 128 || group_size == 256, op,
-              ": group_size must be 32, 64, 128 or 256, got ", group_size);
+  check_group_size(group_size, op);
   TORCH_CHECK(weight.size(1) > 0, op, ": in_features must be positive");
   const int64_t groups = (weight.size(1) + group_size - 1) / group_size;
   TORCH_CHECK(num_4bit_groups >= 0 && num_4bit_groups <= groups, op, ": num_4bit_groups must be in [0, ", groups,

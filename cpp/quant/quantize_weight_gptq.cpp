@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "quant/quantize_row.h"
+#include "quant/quantize_weight.h"
 
 namespace lmkernels {
 namespace {
@@ -31,7 +32,8 @@ namespace {
 constexpr const char* kOp = "quantize_weight_gptq";
 
 // Upper Cholesky factor of inv(H + damp * mean(diag H) * I), float32 [Kp, Kp]. Dead inputs
-// (diag 0, padding included) get diag 1 so H stays positive definite; their weights are kept.
+// (diag 0, padding included) get the mean diagonal so H stays positive definite; their weights
+// are kept.
 // The damping grows tenfold while the factorisation fails, as GPTQ users do by hand.
 at::Tensor inverse_hessian_factor(const at::Tensor& hessian, const QuantShape& s, double damp) {
   const int64_t K = s.in_features, Kp = s.groups * s.group_size;
@@ -137,16 +139,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> quantize_
   return {out.lo, pack_high_plane(s, out.hi_raw), out.hi_groups, out.scales, out.super_scales};
 }
 
-namespace {
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> quantize_weight_gptq_cpu(
-    const at::Tensor& weight, const at::Tensor& hessian, int64_t group_size, int64_t num_4bit_groups,
-    const std::string& select, double damp) {
-  return quantize_weight_gptq_host(weight, hessian, group_size, num_4bit_groups, select, damp);
-}
-
-}  // namespace
-
-TORCH_LIBRARY_IMPL(lmkernels, CPU, m) { m.impl("quantize_weight_gptq", &quantize_weight_gptq_cpu); }
+TORCH_LIBRARY_IMPL(lmkernels, CPU, m) { m.impl("quantize_weight_gptq", &quantize_weight_gptq_host); }
 
 }  // namespace lmkernels

@@ -167,7 +167,7 @@ def perplexity_rows(quick: bool) -> list[Row]:
     rows = []
     for model_dir in reference_model_dirs():
         record = json.loads((model_dir / "training.json").read_text())
-        corpora = Path(os.environ.get("LMKERNELS_DATA", "data")) / "corpora"
+        corpora = model_dir.parent.parent / "corpora"  # DATA/models/NAME -> DATA/corpora
         tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
         fp = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True).eval()
         context = fp.config.max_position_embeddings
