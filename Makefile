@@ -13,7 +13,7 @@ PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.14.1
 BUILD_DEPS := scikit-build-core nanobind "cmake>=4" ninja
-RUN_DEPS := numpy pytest hypothesis matplotlib tqdm safetensors transformers
+RUN_DEPS := numpy pytest hypothesis matplotlib tqdm safetensors transformers torchrl
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.lmkernels-deps
 PYTEST_ARGS ?=

@@ -5,6 +5,7 @@
 #include <torch/library.h>
 
 #include "lmkernels/cpu_isa.h"
+#include "replay/replay_bindings.h"
 
 TORCH_LIBRARY(lmkernels, m) {
   // Rotate cached keys in place from old_pos to new_pos; k: [batch, tokens, heads, head_dim].
@@ -53,4 +54,5 @@ NB_MODULE(_C, m) {
   m.def("set_cpu_isa", [](const std::string& name) { set_isa_override(parse_isa(name)); });
   m.def("clear_cpu_isa", &clear_isa_override);
   m.def("cpu_has_feature", &cpu_has_feature);
+  replay::bind_replay(m);
 }
