@@ -5,6 +5,7 @@
 #include <torch/library.h>
 
 #include "lmkernels/cpu_isa.h"
+#include "chunk_cache/chunk_cache_bindings.h"
 #include "replay/replay_bindings.h"
 
 TORCH_LIBRARY(lmkernels, m) {
@@ -55,4 +56,5 @@ NB_MODULE(_C, m) {
   m.def("clear_cpu_isa", &clear_isa_override);
   m.def("cpu_has_feature", &cpu_has_feature);
   replay::bind_replay(m);
+  chunk_cache::bind_chunk_cache(m);
 }

@@ -100,6 +100,7 @@ def test_uniform_sampling_is_uniform_and_widens_dtype():
     counts = np.bincount(sample.indices.numpy(), minlength=20)
     assert chi_square_ok(counts, np.full(20, 1000.0))
     assert torch.equal(sample.weights, torch.ones(20000))
+    assert buf._core.total_priority == 20.0  # uniform: every row weighs 1
     raw = buf.sample(4, dtype=torch.uint16)
     assert raw.dtype == torch.uint16
 
@@ -341,3 +342,12 @@ def test_bad_constructor_arguments(tmp_path):
     prio.update_priorities([0, 1], [0.0, 0.0])
     with pytest.raises(RuntimeError, match="zero"):
         prio.sample(1)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="page-locked memory needs a CUDA device")
+def test_sample_into_pinned_memory():
+    buf = ReplayBuffer(8, SEQ)
+    buf.add(id_rows(range(8)))
+    rows = buf.sample(4, pin_memory=True)
+    assert rows.is_pinned()
+    row_ids(rows)

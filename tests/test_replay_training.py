@@ -194,3 +194,36 @@ def test_threshold_margin_loss_matches_the_definition():
     assert hidden.grad is not None and hidden.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="must match"):
         loss_fn(hidden[:, :3], reference)
+
+
+def test_gere_loss_on_the_replayed_rows_of_a_mixed_batch():
+    """GeRe with the mixer: general rows in the buffer, TM loss on the replayed rows only."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=SEQ)
+    model = LlamaForCausalLM(config)
+    reference = copy.deepcopy(model).eval().requires_grad_(False)
+    general = torch.randint(0, 64, (32, SEQ))
+    buf = ReplayBuffer(32, SEQ)
+    buf.add(general)
+    with torch.no_grad():
+        tm = ThresholdMarginLoss.from_reference(reference(general, output_hidden_states=True).hidden_states[-1])
+    new = (torch.randint(0, 64, (6, SEQ)) for _ in range(3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    for rows, is_replay in ReplayMixer(new, buf, 0.5, batch_size=8, return_mask=True):
+        out = model(rows, labels=rows, output_hidden_states=True)
+        replayed = rows[is_replay]
+        with torch.no_grad():
+            ref_hidden = reference(replayed, output_hidden_states=True).hidden_states[-1]
+        margin = tm(out.hidden_states[-1][is_replay], ref_hidden)
+        (out.loss + margin).backward()
+        opt.step()
+        opt.zero_grad()
+        assert int(is_replay.sum()) == replay_count(0.5, rows.shape[0]) and torch.isfinite(margin)
+    # training moved the model, so the replayed rows' activations now leave their regions
+    with torch.no_grad():
+        drift = tm(model(general, output_hidden_states=True).hidden_states[-1],
+                   reference(general, output_hidden_states=True).hidden_states[-1])
+    assert drift > 0

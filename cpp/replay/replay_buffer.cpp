@@ -136,7 +136,7 @@ void ReplayBuffer::write_meta(const std::vector<int64_t>& pending) {
   BufferMeta meta{config_, counters_, pending};
   meta.counters.write_rng = write_rng_.state();
   meta.counters.sample_rng = sample_rng_.state();
-  write_file_atomically(meta_path_, encode_meta(meta), durable_);
+  io::write_file_atomically(meta_path_, encode_meta(meta), durable_);
 }
 
 int64_t ReplayBuffer::assign_slot(BufferCounters& c, Xoshiro256& rng) const {
@@ -286,8 +286,9 @@ void ReplayBuffer::get_priorities(const int64_t* indices, double* out, int64_t n
 }
 
 double ReplayBuffer::total_priority() const {
+  std::shared_lock lock(rows_mu_);  // lock order everywhere: rows_mu_, then sample_mu_
   std::lock_guard guard(sample_mu_);
-  return tree_ ? tree_->total() : static_cast<double>(counters().size);
+  return tree_ ? tree_->total() : static_cast<double>(counters_.size);
 }
 
 double ReplayBuffer::max_priority() const {

@@ -87,28 +87,4 @@ void RowStore::sync() const {
   }
 }
 
-void write_file_atomically(const std::string& path, const std::vector<uint8_t>& bytes, bool durable) {
-  const std::string tmp = path + ".tmp";
-  {
-    Fd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
-    if (fd.get() < 0) fail_errno("write", tmp, errno);
-    size_t done = 0;
-    while (done < bytes.size()) {
-      const ssize_t n = ::write(fd.get(), bytes.data() + done, bytes.size() - done);
-      if (n < 0) {
-        if (errno == EINTR) continue;
-        fail_errno("write", tmp, errno);
-      }
-      done += static_cast<size_t>(n);
-    }
-    if (durable && ::fsync(fd.get()) != 0) fail_errno("fsync", tmp, errno);
-  }
-  if (::rename(tmp.c_str(), path.c_str()) != 0) fail_errno("rename over", path, errno);
-  if (durable) {
-    const std::string dir = path.substr(0, path.find_last_of('/'));
-    Fd dfd(::open(dir.empty() ? "/" : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-    if (dfd.get() >= 0) ::fsync(dfd.get());
-  }
-}
-
 }  // namespace lmkernels::replay

@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "io/atomic_file.h"
+
 namespace lmkernels::replay {
 
 class RowStore {
@@ -43,9 +45,5 @@ class RowStore {
   std::vector<Shard> shards_;
   std::vector<uint8_t> memory_;
 };
-
-// Writes `bytes` to `path` so that a reader sees either the old or the new file whole:
-// write a temporary, optionally fsync it, rename it over `path`, optionally fsync the folder.
-void write_file_atomically(const std::string& path, const std::vector<uint8_t>& bytes, bool durable);
 
 }  // namespace lmkernels::replay

@@ -6,17 +6,19 @@
 - :func:`scatter_kv_`: write a stored chunk's K/V into a flat or paged cache at new positions,
   the RoPE shift fused into the copy.
 - :func:`lmkernels.rope_rerotate_` (re-exported here): move cached keys to new positions in place.
+- :class:`ChunkCache`: the stored chunk KV-caches, tiered under byte budgets (C++ core).
 """
 
 from __future__ import annotations
 
 import torch
 
+from .chunk_store import ChunkCache
 from .rope import RopeConfig, rope_rerotate_
 
 _FLOATS = (torch.float32, torch.bfloat16, torch.float16)
 
-__all__ = ["RopeConfig", "kv_deviation", "rope_rerotate_", "scatter_kv_", "select_tokens"]
+__all__ = ["ChunkCache", "RopeConfig", "kv_deviation", "rope_rerotate_", "scatter_kv_", "select_tokens"]
 
 
 def _as_bthd(name: str, t: torch.Tensor, layout: str) -> torch.Tensor:

@@ -1,0 +1,136 @@
+"""``ChunkCache``: stored chunk KV-caches under per-tier byte budgets (C++ core).
+
+Re-exported by :mod:`lmkernels.chunk_cache`. The index, the tiers and the eviction policy are
+C++ (``lmkernels._C.ChunkCache``); tensors cross by DLPack, so the cache holds the caller's
+tensors themselves (a tensor already on the tier's device is not copied).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Iterator, Sequence
+
+import torch
+from torch.utils.dlpack import from_dlpack, to_dlpack
+
+from . import _C
+
+_MASK64 = (1 << 64) - 1
+
+
+def _token_tensor(name: str, tokens: torch.Tensor | Sequence[int]) -> torch.Tensor:
+    t = torch.as_tensor(tokens)
+    if t.dim() != 1 or t.numel() == 0 or t.dtype.is_floating_point or t.dtype == torch.bool:
+        raise ValueError(f"ChunkCache: {name} must be a non-empty 1-D sequence of token ids")
+    return t.to(torch.int64).cpu().contiguous()
+
+
+class ChunkCache:
+    """Chunk KV-caches keyed by (chunk tokens, context variant), independent of position.
+
+    Args:
+        model_id: identity of the model the KV comes from (e.g. name + revision); part of
+            every key, and checked on every call that passes one.
+        device_bytes, host_bytes, disk_bytes: byte budget per tier (0 disables a tier). The
+            budgets count the KV tensors; per-token scores (4 bytes a token) stay in host memory.
+        directory: folder of the disk tier (safetensors files and an index); reopening it
+            brings its entries back. Needs ``disk_bytes > 0``.
+        eviction: ``"score"`` (lowest (hits + 1) x tokens x (1 - cci) / bytes first) or ``"lru"``.
+        device: where the device tier keeps tensors (default: CUDA when available, else CPU).
+
+    Eviction demotes device -> host -> disk and drops only from the last enabled tier; entries
+    acquired with :meth:`use` are pinned (never evicted or demoted) until released.
+    """
+
+    def __init__(self, model_id: str, *, device_bytes: int, host_bytes: int = 0, disk_bytes: int = 0,
+                 directory: str | os.PathLike[str] | None = None, eviction: str = "score",
+                 device: str | torch.device | None = None) -> None:
+        if not isinstance(model_id, str) or not model_id:
+            raise ValueError("ChunkCache: model_id must be a non-empty string")
+        for name, value in (("device_bytes", device_bytes), ("host_bytes", host_bytes), ("disk_bytes", disk_bytes)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"ChunkCache: {name} must be a non-negative int, got {value!r}")
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.model_id = model_id
+        self.device = torch.device(device)
+        self.directory = None if directory is None else os.fspath(directory)
+        self._core = _C.ChunkCache(model_id, device_bytes, host_bytes, disk_bytes, self.directory or "", eviction,
+                                   str(self.device))
+
+    # ---- keys ----------------------------------------------------------------------------
+    def chunk_key(self, tokens: torch.Tensor | Sequence[int]) -> int:
+        """The position-independent 64-bit key of a chunk's token ids under this model."""
+        t = _token_tensor("tokens", tokens)
+        return self._core.chunk_hash(t.data_ptr(), t.numel())
+
+    def context_key(self, context: torch.Tensor | Sequence[int] | int | None) -> int:
+        """The variant key: 0 for a chunk computed alone, else a hash of the preceding tokens
+        (or an int the caller chose)."""
+        if context is None:
+            return 0
+        if isinstance(context, int):
+            return context & _MASK64
+        return self.chunk_key(context)
+
+    def _key(self, tokens, context, model_id: str | None) -> tuple[int, int]:
+        if model_id is not None and model_id != self.model_id:
+            raise ValueError(f"ChunkCache: this cache holds KV of model {self.model_id!r}, not {model_id!r}")
+        return self.chunk_key(tokens), self.context_key(context)
+
+    # ---- entries -------------------------------------------------------------------------
+    def put(self, tokens: torch.Tensor | Sequence[int], kv: torch.Tensor, *, context=None,
+            scores: torch.Tensor | None = None, cci: float = 0.0, model_id: str | None = None) -> None:
+        """Stores a chunk's KV (any layout, e.g. ``[layers, 2, tokens, kv_heads, head_dim]``).
+
+        ``scores``: per-token attention to the preceding context (float32 ``[tokens]``, default
+        zeros); ``cci``: the chunk's contextual impact (Cache-Craft), >= 0. Raises
+        ``ValueError`` when the entry fits no tier, ``RuntimeError`` when the key is in use.
+        """
+        chunk, variant = self._key(tokens, context, model_id)
+        n = len(tokens) if not isinstance(tokens, torch.Tensor) else tokens.numel()
+        if not isinstance(kv, torch.Tensor) or kv.numel() == 0:
+            raise ValueError("ChunkCache.put: kv must be a non-empty tensor")
+        if scores is None:
+            scores = torch.zeros(n, dtype=torch.float32)
+        scores = torch.as_tensor(scores)
+        if scores.dim() != 1 or scores.numel() != n:
+            raise ValueError(f"ChunkCache.put: scores must have one value per token ({n}), got {tuple(scores.shape)}")
+        self._core.put(chunk, variant, to_dlpack(kv.detach()), to_dlpack(scores.detach().float().cpu().contiguous()),
+                       float(cci))
+
+    @contextlib.contextmanager
+    def use(self, tokens, *, context=None, model_id: str | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor] | None]:
+        """Pins a variant for the duration of the block and yields ``(kv, scores)``, or ``None``
+        on a miss. ``kv`` is the stored tensor itself (promoted to the device tier when there is
+        room): clone it before changing it in place (e.g. before re-rotating keys)."""
+        chunk, variant = self._key(tokens, context, model_id)
+        got = self._core.acquire(chunk, variant)
+        if got is None:
+            yield None
+            return
+        try:
+            yield from_dlpack(got[0]), from_dlpack(got[1])
+        finally:
+            self._core.release(chunk, variant)
+
+    def remove(self, tokens, *, context=None) -> bool:
+        return self._core.remove(*self._key(tokens, context, None))
+
+    def info(self, tokens, *, context=None) -> dict | None:
+        """Tier, bytes, tokens, hits, pins, last access and cci of a variant (None if absent)."""
+        return self._core.info(*self._key(tokens, context, None))
+
+    def variants(self, tokens) -> list[int]:
+        """The context keys stored for a chunk."""
+        return self._core.variants(self.chunk_key(tokens))
+
+    def stats(self) -> dict[str, int]:
+        """Hits, misses, evictions (dropped), demotions, promotions, and bytes, entries and
+        budget per tier."""
+        return self._core.stats()
+
+    def check_invariants(self) -> None:
+        """Raises if a budget is exceeded, a byte count is off or a disk file is missing."""
+        self._core.check_invariants()
