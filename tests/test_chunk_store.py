@@ -200,3 +200,19 @@ def test_bad_inputs_leave_the_cache_consistent(tmp_path):
         ChunkCache("m", device_bytes=ENTRY, eviction="fifo")
     with pytest.raises(ValueError, match="device_bytes"):
         ChunkCache("m", device_bytes=-1)
+
+
+def test_damaged_disk_file_raises_and_leaves_nothing_pinned(tmp_path):
+    cache = ChunkCache("m", device_bytes=0, disk_bytes=ENTRY * 4, directory=tmp_path)
+    cache.put(chunk(0), kv_of(0))
+    (path,) = tmp_path.glob("*.safetensors")
+    path.write_bytes(path.read_bytes()[:40])  # cut short behind the cache's back
+    with pytest.raises(RuntimeError, match="damaged"):
+        with cache.use(chunk(0)):
+            pass
+    assert cache.info(chunk(0))["pins"] == 0
+    assert cache.remove(chunk(0))  # and it can still be dropped
+    cache.check_invariants()
+    (tmp_path / "index.txt").write_text("lmkernels-chunk-cache 1 zz\nnot-hex xx 1 0 0 6 1 8\n")
+    with pytest.raises((RuntimeError, ValueError)):
+        ChunkCache("m", device_bytes=0, disk_bytes=ENTRY * 4, directory=tmp_path)

@@ -193,18 +193,23 @@ std::optional<std::pair<at::Tensor, at::Tensor>> ChunkCache::acquire(ChunkKey ke
   e.hits += 1;
   e.last_access = ++clock_;
   e.pins += 1;
-  for (int t = 0; t < static_cast<int>(e.tier); ++t) {
-    const auto to = static_cast<Tier>(t);
-    if (tier_enabled(to) && make_room(to, e.bytes)) {
-      place(e, to);
-      counters_.promotions += 1;
-      break;
+  try {
+    for (int t = 0; t < static_cast<int>(e.tier); ++t) {
+      const auto to = static_cast<Tier>(t);
+      if (tier_enabled(to) && make_room(to, e.bytes)) {
+        place(e, to);
+        counters_.promotions += 1;
+        break;
+      }
     }
-  }
-  if (e.tier == Tier::kDisk) {  // no room in memory: hand out a copy, the entry stays on disk
-    write_index();              // with its hit count, which the score needs after a reopen
-    auto loaded = read_entry_file(file_of(e.key), e.shape, e.dtype, e.tokens);
-    return std::make_pair(loaded.first.to(device_), e.scores);
+    if (e.tier == Tier::kDisk) {  // no room in memory: hand out a copy, the entry stays on disk
+      write_index();              // with its hit count, which the score needs after a reopen
+      auto loaded = read_entry_file(file_of(e.key), e.shape, e.dtype, e.tokens);
+      return std::make_pair(loaded.first.to(device_), e.scores);
+    }
+  } catch (...) {
+    e.pins -= 1;  // a failed read (a damaged file) must not leave the entry pinned forever
+    throw;
   }
   return std::make_pair(e.kv, e.scores);
 }
@@ -301,7 +306,11 @@ void ChunkCache::load_index() {
   std::string chunk, variant;
   while (in >> chunk >> variant) {
     Entry e;
-    e.key = {std::stoull(chunk, nullptr, 16), std::stoull(variant, nullptr, 16)};
+    try {
+      e.key = {std::stoull(chunk, nullptr, 16), std::stoull(variant, nullptr, 16)};
+    } catch (const std::exception&) {
+      throw std::runtime_error("ChunkCache: '" + path + "' is damaged");
+    }
     int dtype = 0;
     size_t ndim = 0;
     in >> e.tokens >> e.cci >> e.hits >> dtype >> ndim;
