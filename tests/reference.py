@@ -63,6 +63,18 @@ def varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, causal=True, scale=Non
     return torch.cat(outs).to(q.dtype), torch.cat(lses).float()
 
 
+def spliced_attention(q, k, v, q_positions, scale=None):
+    """Float64 attention of query i over keys 0 .. q_positions[i]; out in q.dtype."""
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    group = q.shape[1] // k.shape[1]
+    ks = k.transpose(0, 1).double().repeat_interleave(group, 0)
+    vs = v.transpose(0, 1).double().repeat_interleave(group, 0)
+    s = q.transpose(0, 1).double() @ ks.transpose(1, 2) * scale
+    hidden = torch.arange(k.shape[0])[None, :] > q_positions.long()[:, None]
+    p = s.masked_fill(hidden, float("-inf")).softmax(-1)
+    return (p @ vs).transpose(0, 1).to(q.dtype)
+
+
 def bin_pack(lengths, capacity, algorithm="bfd"):
     """O(n^2) best-fit / first-fit decreasing: (row, offset) lists. Longest first, ties by index."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])

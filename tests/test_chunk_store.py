@@ -38,7 +38,7 @@ def test_variants_and_held_by_reference():
     cache.put(chunk(0), kv, cci=0.3)
     cache.put(chunk(0), kv_of(2), context=[7, 7, 7])
     assert sorted(cache.variants(chunk(0))) == sorted([0, cache.context_key([7, 7, 7])])
-    with cache.use(chunk(0)) as (got, scores):
+    with cache.use(chunk(0)) as (got, scores, _prefix):
         assert got.data_ptr() == kv.data_ptr()  # the caller's tensor itself, no copy
         assert scores.shape == (8,) and cache.info(chunk(0))["pins"] == 1
     assert cache.info(chunk(0))["pins"] == 0 and cache.info(chunk(0))["cci"] == pytest.approx(0.3)
@@ -58,7 +58,7 @@ def test_demotion_and_promotion_preserve_bytes(tmp_path):
     tiers = [cache.info(chunk(i))["tier"] for i in range(6)]
     assert tiers.count("disk") >= 1 and "device" in tiers  # fp32 entries take twice the bytes
     for i in range(6):  # each use promotes an entry and demotes another
-        with cache.use(chunk(i)) as (kv, scores):
+        with cache.use(chunk(i)) as (kv, scores, _prefix):
             assert kv.dtype == originals[i].dtype and torch.equal(kv, originals[i])
             assert torch.equal(scores, torch.arange(8.0) + i)
             assert cache.info(chunk(i))["tier"] == "device"
@@ -72,7 +72,7 @@ def test_budgets_hold_and_pinned_entries_stay(tmp_path):
                        device="cpu")
     pinned = kv_of(99)
     cache.put(chunk(99), pinned.clone())
-    with cache.use(chunk(99)) as (kv, _):
+    with cache.use(chunk(99)) as (kv, _scores, _prefix):
         for i in range(40):
             cache.put(chunk(i), kv_of(i))
             cache.check_invariants()
@@ -110,18 +110,20 @@ def test_disk_tier_survives_reopening(tmp_path):
 
     first = ChunkCache("m", device_bytes=0, disk_bytes=ENTRY * 10, directory=tmp_path)
     for i in range(4):
-        first.put(chunk(i), kv_of(i), scores=torch.full((8,), float(i)), cci=0.25 * i)
+        prefix = [(2**64 - 1 - j, 0.5 + j) for j in range(i)]  # keys above 2^63 must survive too
+        first.put(chunk(i), kv_of(i), scores=torch.full((8,), float(i)), cci=0.25 * i, prefix=prefix)
     with first.use(chunk(2)):
         pass
     del first
     files = sorted(tmp_path.glob("*.safetensors"))
-    assert len(files) == 4 and set(load_file(files[0])) == {"kv", "scores"}  # plain safetensors
+    assert len(files) == 4 and set(load_file(files[0])) == {"kv", "scores", "prefix"}  # plain safetensors
     again = ChunkCache("m", device_bytes=0, disk_bytes=ENTRY * 10, directory=tmp_path)
     for i in range(4):
         info = again.info(chunk(i))
         assert info["tier"] == "disk" and info["cci"] == pytest.approx(0.25 * i)
-        with again.use(chunk(i)) as (kv, scores):
+        with again.use(chunk(i)) as (kv, scores, prefix):
             assert torch.equal(kv, kv_of(i)) and torch.equal(scores, torch.full((8,), float(i)))
+            assert prefix == [(2**64 - 1 - j, 0.5 + j) for j in range(i)]
     assert again.info(chunk(2))["hits"] == 2
     again.check_invariants()
     with pytest.raises(ValueError, match="another model"):

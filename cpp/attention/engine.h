@@ -50,6 +50,9 @@ struct Args {
   int64_t heads_q, heads_kv, head_dim;
   bool causal;  // bottom-right aligned: query i sees keys j <= i + len_k - len_q
   float scale;  // softmax scale applied to q.k
+  // When set (causal only): query i of a sequence sees keys j <= q_pos[q_base[seq] + i]
+  // instead, non-decreasing in i (chunk reuse recomputes tokens scattered over the prompt).
+  const int64_t* q_pos = nullptr;
 };
 
 // Tile geometry; the dispatcher sizes per-thread scratch with scratch_floats().

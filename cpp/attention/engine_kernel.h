@@ -9,6 +9,7 @@
 // fma each on every path, and row sums run in scalar order, so all paths agree bit for bit.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -141,10 +142,15 @@ void run_item_typed(const Args& a, const WorkItem& item, float* scratch) {
   const int64_t diag = len_k - len_q;  // query i sees keys j <= i + diag when causal
   const float q_scale = a.scale * kLog2e;
 
+  // Last key each row sees; padding rows take the last real row's.
+  auto key_limit = [&](int64_t i) -> int64_t {
+    i = std::min(i, item.q_end - 1);
+    return a.q_pos != nullptr ? a.q_pos[q0 + i] : i + diag;
+  };
   for (int64_t r = 0; r < rows_pad; ++r) {
     m_buf[r] = kNegInf;
     l_buf[r] = 0.0f;
-    limit_buf[r] = static_cast<float>(a.causal ? item.q_begin + r / group + diag : len_k - 1);
+    limit_buf[r] = static_cast<float>(a.causal ? key_limit(item.q_begin + r / group) : len_k - 1);
   }
   for (int64_t p = 0; p < positions; ++p) {
     for (int64_t g = 0; g < group; ++g) {
@@ -159,8 +165,8 @@ void run_item_typed(const Args& a, const WorkItem& item, float* scratch) {
 
   // Full tiles are read in place when a padded row would not run into the next head.
   const bool in_place = dim == dim_pad;
-  const int64_t first_limit = item.q_begin + diag;  // smallest key limit among the rows
-  const int64_t last_limit = item.q_end - 1 + diag;
+  const int64_t first_limit = key_limit(item.q_begin);  // smallest key limit among the rows
+  const int64_t last_limit = key_limit(item.q_end - 1);
   for (int64_t s = 0; s < item.num_spans; ++s) {
     for (int64_t kb = item.spans[s].begin; kb < item.spans[s].end; kb += kKeyTile) {
       if (a.causal && kb > last_limit) break;

@@ -34,35 +34,40 @@ std::vector<int64_t> read_cu_seqlens(const at::Tensor& cu, const char* name, int
 
 }  // namespace
 
-std::pair<std::vector<int64_t>, std::vector<int64_t>> check_varlen_args(
-    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& cu_seqlens_q,
-    const at::Tensor& cu_seqlens_k, double scale) {
-  TORCH_CHECK(q.dim() == 3, "varlen_attention: q must be [total_q, heads_q, head_dim], got ", q.sizes());
-  TORCH_CHECK(k.dim() == 3, "varlen_attention: k must be [total_k, heads_kv, head_dim], got ", k.sizes());
-  TORCH_CHECK(v.sizes() == k.sizes(), "varlen_attention: v must have k's shape ", k.sizes(), ", got ",
+void check_attention_tensors(const char* op, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                             double scale) {
+  TORCH_CHECK(q.dim() == 3, op, ": q must be [total_q, heads_q, head_dim], got ", q.sizes());
+  TORCH_CHECK(k.dim() == 3, op, ": k must be [total_k, heads_kv, head_dim], got ", k.sizes());
+  TORCH_CHECK(v.sizes() == k.sizes(), op, ": v must have k's shape ", k.sizes(), ", got ",
               v.sizes());
   const auto dtype = q.scalar_type();
   TORCH_CHECK(dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf,
-              "varlen_attention: q must be float32, bfloat16 or float16, got ", dtype);
+              op, ": q must be float32, bfloat16 or float16, got ", dtype);
   TORCH_CHECK(k.scalar_type() == dtype && v.scalar_type() == dtype,
-              "varlen_attention: q, k and v must share a dtype, got ", dtype, ", ", k.scalar_type(),
+              op, ": q, k and v must share a dtype, got ", dtype, ", ", k.scalar_type(),
               ", ", v.scalar_type());
   TORCH_CHECK(k.device() == q.device() && v.device() == q.device(),
-              "varlen_attention: q, k and v must be on one device, got ", q.device(), ", ",
+              op, ": q, k and v must be on one device, got ", q.device(), ", ",
               k.device(), ", ", v.device());
-  TORCH_CHECK(k.size(2) == q.size(2), "varlen_attention: k has head_dim ", k.size(2), " but q has ",
+  TORCH_CHECK(k.size(2) == q.size(2), op, ": k has head_dim ", k.size(2), " but q has ",
               q.size(2));
-  TORCH_CHECK(q.size(2) >= 1 && q.size(2) <= 512, "varlen_attention: head_dim must be in [1, 512], got ",
+  TORCH_CHECK(q.size(2) >= 1 && q.size(2) <= 512, op, ": head_dim must be in [1, 512], got ",
               q.size(2));
   TORCH_CHECK(k.size(1) >= 1 && q.size(1) >= 1 && q.size(1) % k.size(1) == 0,
-              "varlen_attention: heads_q (", q.size(1), ") must be a positive multiple of heads_kv (",
+              op, ": heads_q (", q.size(1), ") must be a positive multiple of heads_kv (",
               k.size(1), ")");
   for (const auto* t : {&q, &k, &v}) {
     const char* name = t == &q ? "q" : (t == &k ? "k" : "v");
-    TORCH_CHECK(t->size(2) <= 1 || t->stride(2) == 1, "varlen_attention: ", name,
+    TORCH_CHECK(t->size(2) <= 1 || t->stride(2) == 1, op, ": ", name,
                 " must have unit stride on head_dim, got strides ", t->strides());
   }
-  TORCH_CHECK(std::isfinite(scale), "varlen_attention: scale must be finite, got ", scale);
+  TORCH_CHECK(std::isfinite(scale), op, ": scale must be finite, got ", scale);
+}
+
+std::pair<std::vector<int64_t>, std::vector<int64_t>> check_varlen_args(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& cu_seqlens_q,
+    const at::Tensor& cu_seqlens_k, double scale) {
+  check_attention_tensors("varlen_attention", q, k, v, scale);
   auto cu_q = read_cu_seqlens(cu_seqlens_q, "cu_seqlens_q", q.size(0));
   auto cu_k = read_cu_seqlens(cu_seqlens_k, "cu_seqlens_k", k.size(0));
   TORCH_CHECK(cu_q.size() == cu_k.size(), "varlen_attention: cu_seqlens_q has ", cu_q.size(),

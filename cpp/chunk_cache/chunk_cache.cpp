@@ -18,7 +18,7 @@ namespace lmkernels::chunk_cache {
 namespace {
 
 constexpr const char* kIndexMagic = "lmkernels-chunk-cache";
-constexpr int kIndexVersion = 1;
+constexpr int kIndexVersion = 2;
 const char* kTierNames[kTiers] = {"device", "host", "disk"};
 
 uint64_t fnv1a(uint64_t h, const void* data, size_t n) {
@@ -110,11 +110,11 @@ void ChunkCache::move_down(Entry& e) {
 void ChunkCache::place(Entry& e, Tier to) {
   const Tier from = e.tier;
   if (to == Tier::kDisk) {
-    write_entry_file(file_of(e.key), e.kv.cpu().contiguous(), e.scores.contiguous());
+    write_entry_file(file_of(e.key), {e.kv.cpu().contiguous(), e.scores, e.prefix});
     e.kv = at::Tensor();
   } else {
     at::Tensor kv = e.kv;
-    if (from == Tier::kDisk) kv = read_entry_file(file_of(e.key), e.shape, e.dtype, e.tokens).first;
+    if (from == Tier::kDisk) kv = read_entry_file(file_of(e.key), e.shape, e.dtype, e.tokens, e.prefix.size(0)).kv;
     e.kv = kv.to(to == Tier::kDevice ? device_ : c10::Device(c10::kCPU));
   }
   used_[static_cast<int>(from)] -= e.bytes;
@@ -135,10 +135,14 @@ void ChunkCache::drop(Entry& e) {
   }
 }
 
-void ChunkCache::put(ChunkKey key, const at::Tensor& kv, const at::Tensor& scores, double cci) {
+void ChunkCache::put(ChunkKey key, const at::Tensor& kv, const at::Tensor& scores, const at::Tensor& prefix,
+                     double cci) {
   if (!kv.defined() || kv.numel() == 0) throw std::invalid_argument("ChunkCache.put: kv is empty");
   if (scores.dim() != 1 || scores.scalar_type() != at::kFloat || scores.numel() == 0) {
     throw std::invalid_argument("ChunkCache.put: scores must be a non-empty 1-D float32 tensor (one per token)");
+  }
+  if (prefix.dim() != 2 || prefix.size(1) != 2 || prefix.scalar_type() != at::kLong) {
+    throw std::invalid_argument("ChunkCache.put: prefix must be an int64 [m, 2] tensor");
   }
   if (!std::isfinite(cci) || cci < 0.0) throw std::invalid_argument("ChunkCache.put: cci must be finite and >= 0");
   std::lock_guard lock(mu_);
@@ -155,6 +159,7 @@ void ChunkCache::put(ChunkKey key, const at::Tensor& kv, const at::Tensor& score
   e.tokens = scores.numel();
   e.cci = cci;
   e.scores = scores.cpu().contiguous();
+  e.prefix = prefix.cpu().contiguous();
   e.last_access = ++clock_;
   for (int t = 0; t < kTiers; ++t) {
     const auto tier = static_cast<Tier>(t);
@@ -181,7 +186,7 @@ void ChunkCache::put(ChunkKey key, const at::Tensor& kv, const at::Tensor& score
                               ", pinned entries stay)");
 }
 
-std::optional<std::pair<at::Tensor, at::Tensor>> ChunkCache::acquire(ChunkKey key) {
+std::optional<EntryTensors> ChunkCache::acquire(ChunkKey key) {
   std::lock_guard lock(mu_);
   auto found = entries_.find(key);
   if (found == entries_.end()) {
@@ -204,14 +209,14 @@ std::optional<std::pair<at::Tensor, at::Tensor>> ChunkCache::acquire(ChunkKey ke
     }
     if (e.tier == Tier::kDisk) {  // no room in memory: hand out a copy, the entry stays on disk
       write_index();              // with its hit count, which the score needs after a reopen
-      auto loaded = read_entry_file(file_of(e.key), e.shape, e.dtype, e.tokens);
-      return std::make_pair(loaded.first.to(device_), e.scores);
+      auto loaded = read_entry_file(file_of(e.key), e.shape, e.dtype, e.tokens, e.prefix.size(0));
+      return EntryTensors{loaded.kv.to(device_), e.scores, e.prefix};
     }
   } catch (...) {
     e.pins -= 1;  // a failed read (a damaged file) must not leave the entry pinned forever
     throw;
   }
-  return std::make_pair(e.kv, e.scores);
+  return EntryTensors{e.kv, e.scores, e.prefix};
 }
 
 void ChunkCache::release(ChunkKey key) {
@@ -237,7 +242,7 @@ std::optional<EntryInfo> ChunkCache::info(ChunkKey key) const {
   auto found = entries_.find(key);
   if (found == entries_.end()) return std::nullopt;
   const Entry& e = found->second;
-  return EntryInfo{e.tier, e.bytes, e.tokens, e.hits, e.pins, e.last_access, e.cci};
+  return EntryInfo{e.tier, e.bytes, e.tokens, e.hits, e.pins, e.last_access, e.cci, e.prefix};
 }
 
 std::vector<uint64_t> ChunkCache::variants(uint64_t chunk) const {
@@ -285,7 +290,7 @@ void ChunkCache::write_index() const {
     char cci[32];
     std::snprintf(cci, sizeof(cci), "%.17g", e.cci);
     out << hex(key.chunk) << ' ' << hex(key.variant) << ' ' << e.tokens << ' ' << cci << ' ' << e.hits << ' '
-        << static_cast<int>(e.dtype) << ' ' << e.shape.size();
+        << e.prefix.size(0) << ' ' << static_cast<int>(e.dtype) << ' ' << e.shape.size();
     for (int64_t d : e.shape) out << ' ' << d;
     out << '\n';
   }
@@ -313,10 +318,11 @@ void ChunkCache::load_index() {
     }
     int dtype = 0;
     size_t ndim = 0;
-    in >> e.tokens >> e.cci >> e.hits >> dtype >> ndim;
+    int64_t prefix_len = -1;
+    in >> e.tokens >> e.cci >> e.hits >> prefix_len >> dtype >> ndim;
     e.shape.resize(ndim);
     for (auto& d : e.shape) in >> d;
-    if (!in) throw std::runtime_error("ChunkCache: '" + path + "' is damaged");
+    if (!in || prefix_len < 0) throw std::runtime_error("ChunkCache: '" + path + "' is damaged");
     e.dtype = static_cast<at::ScalarType>(dtype);
     e.tier = Tier::kDisk;
     e.bytes = static_cast<int64_t>(c10::elementSize(e.dtype));
@@ -324,8 +330,10 @@ void ChunkCache::load_index() {
     // A file lost or cut short (a crash between its write and the index's) is skipped.
     std::error_code ec;
     const auto size = std::filesystem::file_size(file_of(e.key), ec);
-    if (ec || static_cast<int64_t>(size) < e.bytes + 4 * e.tokens) continue;
-    e.scores = read_entry_file(file_of(e.key), e.shape, e.dtype, e.tokens).second;
+    if (ec || static_cast<int64_t>(size) < e.bytes + 4 * e.tokens + 16 * prefix_len) continue;
+    auto loaded = read_entry_file(file_of(e.key), e.shape, e.dtype, e.tokens, prefix_len);
+    e.scores = loaded.scores;
+    e.prefix = loaded.prefix;
     used_[static_cast<int>(Tier::kDisk)] += e.bytes;
     entries_.emplace(e.key, std::move(e));
   }

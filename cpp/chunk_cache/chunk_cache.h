@@ -2,7 +2,9 @@
 // budget each: device memory, host memory and safetensors files on disk.
 //
 // Keys: chunk = hash of (model identity, chunk token ids), independent of position; variant =
-// the caller's hash of the context the KV was computed in (0: computed alone). Eviction takes
+// the caller's hash of the context the KV was computed in (0: computed alone). Each entry
+// also keeps, in host memory, per-token scores and its prefix: the chunks it was computed
+// after and how much attention it paid to each (Cache-Craft's reuse metrics need both). Eviction takes
 // the unpinned entry with the lowest score, (hits + 1) * tokens * max(1 - cci, 0.05) / bytes
 // (expected reuse times saved compute per byte; cci is the chunk's contextual impact, so a
 // chunk that needs much recomputation saves less), or the least recently used one; a victim is
@@ -21,6 +23,8 @@
 #include <string>
 #include <vector>
 
+#include "chunk_cache/chunk_disk.h"
+
 namespace lmkernels::chunk_cache {
 
 enum class Tier : int { kDevice = 0, kHost = 1, kDisk = 2 };
@@ -38,6 +42,7 @@ struct EntryInfo {
   int64_t bytes, tokens, hits, pins;
   uint64_t last_access;
   double cci;
+  at::Tensor prefix;  // int64 [m, 2], host
 };
 
 struct CacheStats {
@@ -57,12 +62,13 @@ class ChunkCache {
   uint64_t chunk_hash(const int64_t* tokens, int64_t n) const;
 
   // Stores a variant (replacing an unpinned one of the same key); kv any shape and dtype,
-  // scores float32 [tokens] (per-token attention to the preceding context). Throws when the
-  // entry fits no tier or the key is pinned.
-  void put(ChunkKey key, const at::Tensor& kv, const at::Tensor& scores, double cci);
-  // Pins and returns (kv, scores), promoted to the device tier when there is room; nullopt
-  // and a miss when absent.
-  std::optional<std::pair<at::Tensor, at::Tensor>> acquire(ChunkKey key);
+  // scores float32 [tokens] (per-token attention to the preceding context), prefix int64
+  // [m, 2] (preceding chunk keys, attention mass as float64 bits). Throws when the entry fits
+  // no tier or the key is pinned.
+  void put(ChunkKey key, const at::Tensor& kv, const at::Tensor& scores, const at::Tensor& prefix, double cci);
+  // Pins and returns the entry's tensors (kv promoted to the device tier when there is room);
+  // nullopt and a miss when absent.
+  std::optional<EntryTensors> acquire(ChunkKey key);
   void release(ChunkKey key);
   bool remove(ChunkKey key);
   std::optional<EntryInfo> info(ChunkKey key) const;
@@ -75,7 +81,7 @@ class ChunkCache {
   struct Entry {
     ChunkKey key;
     Tier tier = Tier::kDevice;
-    at::Tensor kv, scores;  // kv undefined while on disk; scores stay in host memory
+    at::Tensor kv, scores, prefix;  // kv undefined while on disk; the rest stays in host memory
     std::vector<int64_t> shape;
     at::ScalarType dtype = at::kFloat;
     int64_t bytes = 0, tokens = 0, hits = 0, pins = 0;

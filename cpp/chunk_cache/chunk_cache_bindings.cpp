@@ -59,20 +59,21 @@ void bind_chunk_cache(nb::module_& m) {
              return c.chunk_hash(reinterpret_cast<const int64_t*>(tokens), n);
            })
       .def("put",
-           [](ChunkCache& c, uint64_t chunk, uint64_t variant, nb::handle kv, nb::handle scores, double cci) {
-             at::Tensor k = from_capsule(kv), s = from_capsule(scores);
+           [](ChunkCache& c, uint64_t chunk, uint64_t variant, nb::handle kv, nb::handle scores, nb::handle prefix,
+              double cci) {
+             at::Tensor k = from_capsule(kv), s = from_capsule(scores), p = from_capsule(prefix);
              nb::gil_scoped_release release;
-             c.put(key_of(chunk, variant), k, s, cci);
+             c.put(key_of(chunk, variant), k, s, p, cci);
            })
       .def("acquire",
            [](ChunkCache& c, uint64_t chunk, uint64_t variant) -> nb::object {
-             std::optional<std::pair<at::Tensor, at::Tensor>> got;
+             std::optional<EntryTensors> got;
              {
                nb::gil_scoped_release release;
                got = c.acquire(key_of(chunk, variant));
              }
              if (!got) return nb::none();
-             return nb::make_tuple(to_capsule(got->first), to_capsule(got->second));
+             return nb::make_tuple(to_capsule(got->kv), to_capsule(got->scores), to_capsule(got->prefix));
            })
       // Every call that takes the cache's mutex first releases the GIL: dropping a tensor under
       // the mutex can need the GIL (torch's PyObject slot), so holding both in turn would deadlock.
@@ -101,6 +102,7 @@ void bind_chunk_cache(nb::module_& m) {
              d["pins"] = i->pins;
              d["last_access"] = i->last_access;
              d["cci"] = i->cci;
+             d["prefix"] = to_capsule(i->prefix);
              return d;
            })
       .def("variants", &ChunkCache::variants, nb::call_guard<nb::gil_scoped_release>())

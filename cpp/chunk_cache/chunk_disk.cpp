@@ -34,21 +34,25 @@ std::string tensor_header(const char* name, const at::Tensor& t, int64_t begin) 
 
 }  // namespace
 
-void write_entry_file(const std::string& path, const at::Tensor& kv, const at::Tensor& scores) {
-  std::string header = "{" + tensor_header("kv", kv, 0) + "," +
-                       tensor_header("scores", scores, static_cast<int64_t>(kv.nbytes())) + "}";
+void write_entry_file(const std::string& path, const EntryTensors& t) {
+  const int64_t kv_end = static_cast<int64_t>(t.kv.nbytes());
+  const int64_t scores_end = kv_end + static_cast<int64_t>(t.scores.nbytes());
+  std::string header = "{" + tensor_header("kv", t.kv, 0) + "," + tensor_header("scores", t.scores, kv_end) + "," +
+                       tensor_header("prefix", t.prefix, scores_end) + "}";
   header.append((8 - header.size() % 8) % 8, ' ');
   const uint64_t header_len = header.size();
-  std::vector<uint8_t> bytes(8 + header.size() + kv.nbytes() + scores.nbytes());
+  std::vector<uint8_t> bytes(8 + header.size() + scores_end + t.prefix.nbytes());
   std::memcpy(bytes.data(), &header_len, 8);  // little-endian on every platform we build for
   std::memcpy(bytes.data() + 8, header.data(), header.size());
-  std::memcpy(bytes.data() + 8 + header.size(), kv.data_ptr(), kv.nbytes());
-  std::memcpy(bytes.data() + 8 + header.size() + kv.nbytes(), scores.data_ptr(), scores.nbytes());
+  uint8_t* data = bytes.data() + 8 + header.size();
+  std::memcpy(data, t.kv.data_ptr(), t.kv.nbytes());
+  std::memcpy(data + kv_end, t.scores.data_ptr(), t.scores.nbytes());
+  if (t.prefix.nbytes() > 0) std::memcpy(data + scores_end, t.prefix.data_ptr(), t.prefix.nbytes());
   io::write_file_atomically(path, bytes, /*durable=*/false);
 }
 
-std::pair<at::Tensor, at::Tensor> read_entry_file(const std::string& path, const std::vector<int64_t>& shape,
-                                                  at::ScalarType dtype, int64_t tokens) {
+EntryTensors read_entry_file(const std::string& path, const std::vector<int64_t>& shape, at::ScalarType dtype,
+                             int64_t tokens, int64_t prefix_len) {
   std::ifstream in(path, std::ios::binary);
   if (!in) throw std::runtime_error("ChunkCache: cannot read '" + path + "'");
   uint64_t header_len = 0;
@@ -57,9 +61,11 @@ std::pair<at::Tensor, at::Tensor> read_entry_file(const std::string& path, const
   at::Tensor kv = at::empty(shape, at::TensorOptions().dtype(dtype));
   at::Tensor scores = at::empty({tokens}, at::TensorOptions().dtype(at::kFloat));
   in.read(static_cast<char*>(kv.data_ptr()), static_cast<std::streamsize>(kv.nbytes()));
+  at::Tensor prefix = at::empty({prefix_len, 2}, at::TensorOptions().dtype(at::kLong));
   in.read(static_cast<char*>(scores.data_ptr()), static_cast<std::streamsize>(scores.nbytes()));
+  if (prefix_len > 0) in.read(static_cast<char*>(prefix.data_ptr()), static_cast<std::streamsize>(prefix.nbytes()));
   if (!in) throw std::runtime_error("ChunkCache: '" + path + "' is shorter than its entry (damaged)");
-  return {kv, scores};
+  return {kv, scores, prefix};
 }
 
 }  // namespace lmkernels::chunk_cache

@@ -14,7 +14,7 @@ from . import _native
 _C = _native.load()
 
 from . import _fake  # noqa: E402,F401  (registers fake impls for torch.compile)
-from .attention import varlen_attention  # noqa: E402
+from .attention import spliced_attention, varlen_attention  # noqa: E402
 from .cpu import cpu_isa, set_cpu_isa, supported_cpu_isas  # noqa: E402
 from .rope import RopeConfig, rope_inv_freq, rope_rerotate_  # noqa: E402
 
@@ -30,6 +30,7 @@ __all__ = [
     "rope_rerotate_",
     "set_cpu_isa",
     "supported_cpu_isas",
+    "spliced_attention",
     "varlen_attention",
 ]
 del torch

@@ -19,6 +19,11 @@ def _varlen_attention_fake(q, k, v, cu_seqlens_q, cu_seqlens_k, causal, scale, r
     return out, lse
 
 
+@torch.library.register_fake("lmkernels::spliced_attention")
+def _spliced_attention_fake(q, k, v, q_positions, scale):
+    return q.new_empty(q.shape)
+
+
 @torch.library.register_fake("lmkernels::pack_sequences")
 def _pack_sequences_fake(lengths, capacity, algorithm):
     return lengths.new_empty(lengths.shape, dtype=torch.int64), lengths.new_empty(lengths.shape, dtype=torch.int64)

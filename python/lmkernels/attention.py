@@ -14,6 +14,26 @@ import torch
 _FLOATS = (torch.float32, torch.bfloat16, torch.float16)
 
 
+def _check_qkv(op: str, q, k, v) -> None:
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{op}: {name} must be a tensor, got {type(t).__name__}")
+        if t.dim() != 3:
+            raise ValueError(f"{op}: {name} must be 3-D [tokens, heads, head_dim], got {tuple(t.shape)}")
+    if q.dtype not in _FLOATS:
+        raise TypeError(f"{op}: q must be float32, bfloat16 or float16, got {q.dtype}")
+    if k.dtype != q.dtype or v.dtype != q.dtype:
+        raise TypeError(f"{op}: q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if k.shape != v.shape:
+        raise ValueError(f"{op}: k and v must have one shape, got {tuple(k.shape)} and {tuple(v.shape)}")
+    if q.shape[2] != k.shape[2]:
+        raise ValueError(f"{op}: q has head_dim {q.shape[2]} but k has {k.shape[2]}")
+    if k.shape[1] == 0 or q.shape[1] == 0 or q.shape[1] % k.shape[1]:
+        raise ValueError(
+            f"{op}: heads_q ({q.shape[1]}) must be a positive multiple of heads_kv ({k.shape[1]})"
+        )
+
+
 def varlen_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -45,23 +65,7 @@ def varlen_attention(
         ``out [total_q, heads_q, head_dim]`` in q's dtype, or ``(out, lse)``.
         Accumulation is fp32 whatever the input dtype.
     """
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"varlen_attention: {name} must be a tensor, got {type(t).__name__}")
-        if t.dim() != 3:
-            raise ValueError(f"varlen_attention: {name} must be 3-D [tokens, heads, head_dim], got {tuple(t.shape)}")
-    if q.dtype not in _FLOATS:
-        raise TypeError(f"varlen_attention: q must be float32, bfloat16 or float16, got {q.dtype}")
-    if k.dtype != q.dtype or v.dtype != q.dtype:
-        raise TypeError(f"varlen_attention: q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
-    if k.shape != v.shape:
-        raise ValueError(f"varlen_attention: k and v must have one shape, got {tuple(k.shape)} and {tuple(v.shape)}")
-    if q.shape[2] != k.shape[2]:
-        raise ValueError(f"varlen_attention: q has head_dim {q.shape[2]} but k has {k.shape[2]}")
-    if k.shape[1] == 0 or q.shape[1] == 0 or q.shape[1] % k.shape[1]:
-        raise ValueError(
-            f"varlen_attention: heads_q ({q.shape[1]}) must be a positive multiple of heads_kv ({k.shape[1]})"
-        )
+    _check_qkv("varlen_attention", q, k, v)
     for name, cu in (("cu_seqlens_q", cu_seqlens_q), ("cu_seqlens_k", cu_seqlens_k)):
         if not isinstance(cu, torch.Tensor) or cu.dtype not in (torch.int32, torch.int64) or cu.dim() != 1:
             raise TypeError(f"varlen_attention: {name} must be a 1-D int32/int64 tensor")
@@ -80,3 +84,37 @@ def varlen_attention(
         q, k, v, cu_seqlens_q, cu_seqlens_k, bool(causal), float(scale), bool(return_lse)
     )
     return (out, lse) if return_lse else out
+
+
+def spliced_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    q_positions: torch.Tensor,
+    *,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """Causal attention for queries at given positions of one sequence.
+
+    Query ``i`` attends to keys ``0 .. q_positions[i]``: the attention of the tokens a chunk
+    reuse recomputes, scattered over a prompt whose other keys come from stored KV.
+
+    Args:
+        q: ``[n, heads_q, head_dim]``; float32, bfloat16 or float16.
+        k, v: ``[total, heads_kv, head_dim]`` (any token stride, unit stride on head_dim), q's
+            dtype; ``heads_q`` a multiple of ``heads_kv`` (K/V never repeated in memory).
+        q_positions: integer ``[n]``, non-decreasing, each in ``[0, total)``.
+        scale: multiplies ``q . k``; default ``1 / sqrt(head_dim)``.
+
+    Returns ``[n, heads_q, head_dim]`` in q's dtype, accumulated in fp32.
+    """
+    _check_qkv("spliced_attention", q, k, v)
+    if not isinstance(q_positions, torch.Tensor) or q_positions.dim() != 1 or q_positions.numel() != q.shape[0]:
+        raise ValueError(f"spliced_attention: q_positions must be a 1-D tensor of {q.shape[0]} positions")
+    if q_positions.dtype.is_floating_point or q_positions.dtype == torch.bool:
+        raise TypeError(f"spliced_attention: q_positions must hold integers, got {q_positions.dtype}")
+    if scale is None:
+        scale = 1.0 / math.sqrt(q.shape[2])
+    elif not math.isfinite(scale):
+        raise ValueError(f"spliced_attention: scale must be finite, got {scale}")
+    return torch.ops.lmkernels.spliced_attention(q, k, v, q_positions, float(scale))

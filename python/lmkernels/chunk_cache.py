@@ -7,6 +7,9 @@
   the RoPE shift fused into the copy.
 - :func:`lmkernels.rope_rerotate_` (re-exported here): move cached keys to new positions in place.
 - :class:`ChunkCache`: the stored chunk KV-caches, tiered under byte budgets (C++ core).
+- :class:`ChunkedPrefill` (re-exported from :mod:`lmkernels.chunk_prefill`): prefill RAG
+  prompts from stored chunks under the ``full``/``prefix``/``reuse``/``cachecraft``/``cacheblend``
+  policies.
 """
 
 from __future__ import annotations
@@ -18,7 +21,18 @@ from .rope import RopeConfig, rope_rerotate_
 
 _FLOATS = (torch.float32, torch.bfloat16, torch.float16)
 
-__all__ = ["ChunkCache", "RopeConfig", "kv_deviation", "rope_rerotate_", "scatter_kv_", "select_tokens"]
+__all__ = ["ChunkCache", "ChunkedPrefill", "ChunkedPrefillResult", "ChunkReport", "RopeConfig", "greedy_decode",
+           "kv_deviation", "rope_rerotate_", "scatter_kv_", "select_tokens"]
+_FLOW = ("ChunkedPrefill", "ChunkedPrefillResult", "ChunkReport", "greedy_decode")
+
+
+def __getattr__(name: str):
+    # The flow imports this module's kernels, so it is re-exported lazily (PEP 562).
+    if name in _FLOW:
+        from . import chunk_prefill
+
+        return getattr(chunk_prefill, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _as_bthd(name: str, t: torch.Tensor, layout: str) -> torch.Tensor:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Iterator, Sequence
+from typing import Iterator, NamedTuple, Sequence
 
 import torch
 from torch.utils.dlpack import from_dlpack, to_dlpack
@@ -24,6 +24,39 @@ def _token_tensor(name: str, tokens: torch.Tensor | Sequence[int]) -> torch.Tens
     if t.dim() != 1 or t.numel() == 0 or t.dtype.is_floating_point or t.dtype == torch.bool:
         raise ValueError(f"ChunkCache: {name} must be a non-empty 1-D sequence of token ids")
     return t.to(torch.int64).cpu().contiguous()
+
+
+class StoredChunk(NamedTuple):
+    """A stored variant as :meth:`ChunkCache.use` hands it out.
+
+    Attributes:
+        kv: the stored KV tensor itself (clone it before changing it in place).
+        scores: float32 ``[tokens]``, each token's attention to the chunks before it.
+        prefix: the chunks it was computed after, in order, as ``(chunk_key, attention)``
+            pairs: the key and the attention mass the chunk paid to it (Cache-Craft's inter).
+    """
+
+    kv: torch.Tensor
+    scores: torch.Tensor
+    prefix: list[tuple[int, float]]
+
+
+def _pack_prefix(prefix: Sequence[tuple[int, float]] | None) -> torch.Tensor:
+    """``(key, mass)`` pairs -> int64 ``[m, 2]``: the key's 64 bits, the mass's float64 bits."""
+    prefix = list(prefix or ())
+    if any(not (isinstance(p, (tuple, list)) and len(p) == 2) for p in prefix):
+        raise ValueError("ChunkCache.put: prefix must be a sequence of (chunk_key, attention) pairs")
+    keys = torch.tensor([int(k) & _MASK64 for k, _ in prefix], dtype=torch.uint64).view(torch.int64)
+    mass = torch.tensor([float(m) for _, m in prefix], dtype=torch.float64)
+    if not bool(torch.isfinite(mass).all()) or bool((mass < 0).any()):
+        raise ValueError("ChunkCache.put: the attention masses in prefix must be finite and >= 0")
+    return torch.stack([keys, mass.view(torch.int64)], dim=1).reshape(len(prefix), 2).contiguous()
+
+
+def _unpack_prefix(packed: torch.Tensor) -> list[tuple[int, float]]:
+    keys = packed[:, 0].tolist()
+    mass = packed[:, 1].contiguous().view(torch.float64).tolist()
+    return [(k & _MASK64, m) for k, m in zip(keys, mass)]
 
 
 class ChunkCache:
@@ -81,12 +114,14 @@ class ChunkCache:
 
     # ---- entries -------------------------------------------------------------------------
     def put(self, tokens: torch.Tensor | Sequence[int], kv: torch.Tensor, *, context=None,
-            scores: torch.Tensor | None = None, cci: float = 0.0, model_id: str | None = None) -> None:
+            scores: torch.Tensor | None = None, cci: float = 0.0,
+            prefix: Sequence[tuple[int, float]] | None = None, model_id: str | None = None) -> None:
         """Stores a chunk's KV (any layout, e.g. ``[layers, 2, tokens, kv_heads, head_dim]``).
 
         ``scores``: per-token attention to the preceding context (float32 ``[tokens]``, default
-        zeros); ``cci``: the chunk's contextual impact (Cache-Craft), >= 0. Raises
-        ``ValueError`` when the entry fits no tier, ``RuntimeError`` when the key is in use.
+        zeros); ``cci``: the chunk's contextual impact (Cache-Craft), >= 0; ``prefix``: the
+        chunks it was computed after as ``(chunk_key, attention)`` pairs. Raises ``ValueError``
+        when the entry fits no tier, ``RuntimeError`` when the key is in use.
         """
         chunk, variant = self._key(tokens, context, model_id)
         n = len(tokens) if not isinstance(tokens, torch.Tensor) else tokens.numel()
@@ -98,20 +133,21 @@ class ChunkCache:
         if scores.dim() != 1 or scores.numel() != n:
             raise ValueError(f"ChunkCache.put: scores must have one value per token ({n}), got {tuple(scores.shape)}")
         self._core.put(chunk, variant, to_dlpack(kv.detach()), to_dlpack(scores.detach().float().cpu().contiguous()),
-                       float(cci))
+                       to_dlpack(_pack_prefix(prefix)), float(cci))
 
     @contextlib.contextmanager
-    def use(self, tokens, *, context=None, model_id: str | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor] | None]:
-        """Pins a variant for the duration of the block and yields ``(kv, scores)``, or ``None``
-        on a miss. ``kv`` is the stored tensor itself (promoted to the device tier when there is
-        room): clone it before changing it in place (e.g. before re-rotating keys)."""
+    def use(self, tokens, *, context=None, model_id: str | None = None) -> Iterator[StoredChunk | None]:
+        """Pins a variant for the duration of the block and yields a :class:`StoredChunk`
+        ``(kv, scores, prefix)``, or ``None`` on a miss. ``kv`` is the stored tensor itself
+        (promoted to the device tier when there is room): clone it before changing it in
+        place (e.g. before re-rotating keys)."""
         chunk, variant = self._key(tokens, context, model_id)
         got = self._core.acquire(chunk, variant)
         if got is None:
             yield None
             return
         try:
-            yield from_dlpack(got[0]), from_dlpack(got[1])
+            yield StoredChunk(from_dlpack(got[0]), from_dlpack(got[1]), _unpack_prefix(from_dlpack(got[2])))
         finally:
             self._core.release(chunk, variant)
 
@@ -119,12 +155,23 @@ class ChunkCache:
         return self._core.remove(*self._key(tokens, context, None))
 
     def info(self, tokens, *, context=None) -> dict | None:
-        """Tier, bytes, tokens, hits, pins, last access and cci of a variant (None if absent)."""
-        return self._core.info(*self._key(tokens, context, None))
+        """Tier, bytes, tokens, hits, pins, last access, cci and prefix (as in
+        :class:`StoredChunk`) of a variant (None if absent); counts no hit and moves nothing."""
+        return self._info(*self._key(tokens, context, None))
 
     def variants(self, tokens) -> list[int]:
         """The context keys stored for a chunk."""
         return self._core.variants(self.chunk_key(tokens))
+
+    def variant_info(self, tokens, variant: int) -> dict | None:
+        """:meth:`info` of a variant given by its context key (as :meth:`variants` lists them)."""
+        return self._info(self.chunk_key(tokens), variant & _MASK64)
+
+    def _info(self, chunk: int, variant: int) -> dict | None:
+        got = self._core.info(chunk, variant)
+        if got is not None:
+            got["prefix"] = _unpack_prefix(from_dlpack(got["prefix"]))
+        return got
 
     def stats(self) -> dict[str, int]:
         """Hits, misses, evictions (dropped), demotions, promotions, and bytes, entries and

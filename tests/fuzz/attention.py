@@ -1,4 +1,4 @@
-"""Fuzzer for lmkernels::varlen_attention (raw op)."""
+"""Fuzzers for lmkernels::varlen_attention and lmkernels::spliced_attention (raw ops)."""
 
 from __future__ import annotations
 
@@ -88,3 +88,66 @@ def fuzz_varlen_attention(data):
         single = torch.ops.lmkernels.varlen_attention(q.contiguous(), k.contiguous(), v.contiguous(),
                                                       cu_q, cu_k, causal, scale, return_lse)
     assert torch.equal(single[0].nan_to_num(), out.nan_to_num()), "1 thread or contiguous copy differs"
+
+
+SPLICED = "lmkernels::spliced_attention"
+
+
+@fuzzer(SPLICED)
+def fuzz_spliced_attention(data):
+    draw = data.draw
+    fault = draw(st.sampled_from([None] * 8 + ["dtype", "pos range", "pos order", "pos dtype", "pos count",
+                                               "heads", "stride", "scale"]), label="fault")
+    dtype = draw(st.sampled_from(FLOAT_DTYPES), label="dtype")
+    total = draw(st.integers(1, 150), label="keys")
+    positions = sorted(draw(st.lists(st.integers(0, total - 1), max_size=60), label="positions"))
+    heads_kv = draw(st.integers(1, 3), label="heads_kv")
+    heads_q = heads_kv * draw(st.integers(1, 3), label="group")
+    dim = draw(st.integers(1, 100), label="head_dim")
+    scale = draw(st.floats(0.01, 2.0), label="scale")
+
+    def make(shape):
+        return draw(special_values(shape, dtype))
+
+    q = draw(layout_view((len(positions), heads_q, dim), make), label="q")
+    k = draw(layout_view((total, heads_kv, dim), make), label="k")
+    v = draw(layout_view((total, heads_kv, dim), make), label="v")
+    pos = torch.tensor(positions, dtype=torch.int64)
+    if fault == "dtype":
+        v = v.double()
+    elif fault == "pos range" and positions:
+        pos = pos.clone()
+        pos[-1] = draw(st.sampled_from([total, total + 100, -1]))
+    elif fault == "pos order" and len(positions) >= 2 and positions[0] != positions[-1]:
+        pos = pos.flip(0)
+    elif fault == "pos dtype":
+        pos = pos.float()
+    elif fault == "pos count":
+        pos = torch.cat([pos, pos[-1:] if positions else torch.zeros(1, dtype=torch.int64)])
+    elif fault == "heads" and heads_kv > 1:
+        q = torch.randn(q.shape[0], heads_kv * 2 + 1, dim).to(dtype)
+    elif fault == "stride" and dim > 1:
+        k = torch.randn(total, heads_kv, dim * 2).to(dtype)[..., ::2]
+    elif fault == "scale":
+        scale = float("inf")
+
+    out = attempt(SPLICED, lambda: torch.ops.lmkernels.spliced_attention(q, k, v, pos, scale))
+    if out is None:
+        return
+    assert out.shape == q.shape and out.dtype == q.dtype
+    finite = all(torch.isfinite(t.float()).all() for t in (q, k, v))
+
+    def peak(t):
+        return t.double().abs().max().item() if t.numel() else 0.0
+
+    if finite and peak(q) * peak(k) * dim * scale < 1e30 and peak(v) * total < 1e30:
+        want = reference.spliced_attention(q, k, v, pos, scale)
+        tol = TOL[dtype] * max(1.0, scale * dim ** 0.5)
+        torch.testing.assert_close(out, want, atol=tol, rtol=tol)
+    for isa in lmkernels.supported_cpu_isas():
+        with cpu_isa(isa):
+            again = torch.ops.lmkernels.spliced_attention(q, k, v, pos, scale)
+        assert torch.equal(again.nan_to_num(), out.nan_to_num()), f"cpu path {isa} differs"
+    with num_threads(1):
+        single = torch.ops.lmkernels.spliced_attention(q.contiguous(), k.contiguous(), v.contiguous(), pos, scale)
+    assert torch.equal(single.nan_to_num(), out.nan_to_num()), "1 thread or contiguous copy differs"
