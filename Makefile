@@ -47,6 +47,9 @@ reference-models: corpora
 		--preset small --sources en pydoc
 	$(PY) -m lmkernels.data train-reference --corpora $(DATA_DIR)/corpora --out $(DATA_DIR)/models/small-multi \
 		--preset small --sources en fr de
+	# Context 2560 for the chunk-cache RAG bench (5 chunks of up to 508 tokens + a question).
+	$(PY) -m lmkernels.data train-reference --corpora $(DATA_DIR)/corpora --out $(DATA_DIR)/models/small-en-long \
+		--preset small --sources en --context 2560 --batch 2 --minutes 18
 
 wheel: $(STAMP)
 	$(PY) -m pip wheel --no-build-isolation --no-deps -w dist .

@@ -221,7 +221,7 @@ class ChunkedPrefill:
     """
 
     def __init__(self, model: torch.nn.Module, cache: ChunkCache, *, policy: str = "cachecraft",
-                 alpha: float = 0.6, ratio: float | None = None, check_layer: int = 1, store: bool = True,
+                 alpha: float = 0.2, ratio: float | None = None, check_layer: int = 1, store: bool = True,
                  measure: bool | None = None):
         if policy not in POLICIES:
             raise ValueError(f"ChunkedPrefill: policy must be one of {POLICIES}, got {policy!r}")

@@ -2,11 +2,12 @@
 requests, against ``full`` prefill measured in the same run.
 
 Workload: a pool of 200 chunks of 256-512 tokens cut from the held-out text of the model's
-training sources; 100 requests, each
+training sources (then from the end of their training text, when held-out text runs out); 100 requests, each
 5 distinct chunks drawn by Zipf popularity (s = 1) in random order plus a 16-token question.
 Each policy keeps its own cache; the first 20 requests warm it and are not reported.
 Reported per policy: median time to first token (the prefill), recomputed share of chunk
-tokens (misses included), KL(full || policy) of the first-token distribution, greedy 32-token
+tokens (misses included), the share of chunk tokens served from the cache and the share of
+those recomputed, KL(full || policy) of the first-token distribution, greedy 32-token
 agreement with ``full`` (position by position), and memory: the stored KV bytes and the
 request's working KV.
 
@@ -53,11 +54,14 @@ def _model_and_text(quick: bool):
     if model_dir is not None:
         record = json.loads((model_dir / "training.json").read_text())
         corpora = model_dir.parent.parent / "corpora"
-        heldout = [corpora / source / "heldout.txt" for source in record["options"]["sources"]]
-        if all(path.exists() for path in heldout):
+        sources = record["options"]["sources"]
+        paths = [corpora / s / "heldout.txt" for s in sources] + [corpora / s / "train.txt" for s in sources]
+        if all(path.exists() for path in paths):
             model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True).eval()
             tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
-            text = "\n".join(path.read_text() for path in heldout)
+            # Held-out text first; the end of the training text when the pool needs more.
+            text = "\n".join(p.read_text() for p in paths[:len(sources)])
+            text += "\n".join(p.read_text()[-400_000:] for p in paths[len(sources):])
             return model, torch.tensor(tokenizer(text)["input_ids"]), model_dir.name
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=4096, hidden_size=256, intermediate_size=768, num_hidden_layers=4,
@@ -97,6 +101,7 @@ def run(quick: bool, out_dir: Path | None = None) -> list[Row]:
     flows = {p: ChunkedPrefill(model, ChunkCache(model_name, device_bytes=1 << 34), policy=p) for p in POLICIES}
     ttft: dict[str, list[float]] = {p: [] for p in POLICIES}
     recomputed = {p: [0.0, 0] for p in POLICIES}
+    fixed = {p: [0.0, 0] for p in POLICIES}  # recomputed tokens of reused chunks, their tokens
     kl = {p: [] for p in POLICIES}
     agree = {p: [] for p in POLICIES}
     working = {p: 0 for p in POLICIES}
@@ -111,6 +116,8 @@ def run(quick: bool, out_dir: Path | None = None) -> list[Row]:
                 result = results[policy]
                 recomputed[policy][0] += sum(c.recomputed for c in result.chunks)
                 recomputed[policy][1] += result.chunk_tokens
+                fixed[policy][0] += sum(c.recomputed for c in result.chunks if c.hit)
+                fixed[policy][1] += sum(c.tokens for c in result.chunks if c.hit)
                 working[policy] = max(working[policy], result.prompt_tokens * bytes_per_token)
         if index < warmup:
             continue
@@ -134,6 +141,8 @@ def run(quick: bool, out_dir: Path | None = None) -> list[Row]:
                         ratio=full_ms / median, extra={
                             "vs prefix": prefix_ms / median,
                             "recomputed": recomputed[policy][0] / max(recomputed[policy][1], 1),
+                            "hit tokens": fixed[policy][1] / max(recomputed[policy][1], 1),
+                            "fixed of hits": fixed[policy][0] / max(fixed[policy][1], 1),
                             "KL": statistics.mean(kl[policy]),
                             "greedy agreement": statistics.mean(agree[policy]),
                             "stored MB": (stats["bytes_device"] + stats["bytes_host"]) / 2**20,
