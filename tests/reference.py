@@ -75,6 +75,40 @@ def spliced_attention(q, k, v, q_positions, scale=None):
     return (p @ vs).transpose(0, 1).to(q.dtype)
 
 
+def keep_until(scores, gamma, lo, hi):
+    """Bool mask over the last dim: the top entries (descending, ties to the lower index)
+    whose cumulative share first reaches gamma of the total, their count clamped to [lo, hi]."""
+    scores = scores.double()
+    ordered, order = scores.sort(dim=-1, descending=True, stable=True)
+    total = ordered.sum(-1, keepdim=True).clamp_min(1e-38)
+    reached = (ordered.cumsum(-1) / total) >= gamma
+    count = ((~reached).sum(-1, keepdim=True) + 1).clamp(min=lo, max=hi)
+    ranks = torch.empty_like(order)
+    ranks.scatter_(-1, order, torch.arange(order.shape[-1]).expand_as(order))
+    return ranks < count
+
+
+def flex_select_blocks(vertical, slash, block_attn, query_aware, gamma, lo, hi):
+    """FlexPrefill's block mask [B, H, nb, nb] (query block, key block), float64 selection."""
+    blocks = vertical.shape[-1]
+    lo, hi = min(lo, blocks), min(hi, blocks)
+    off_diagonal = vertical.clone()
+    off_diagonal[..., -1] = 0
+    vertical_keep = keep_until(off_diagonal, gamma, lo, hi)
+    slash_keep = keep_until(slash, gamma, lo, hi)
+    vertical_keep[..., 0] = True
+    slash_keep[..., 0] = True
+    row = torch.arange(blocks)
+    causal = row[None, :] <= row[:, None]
+    offset = (row[:, None] - row[None, :]).clamp_min(0)
+    mask = vertical_keep[:, :, None, :] | slash_keep[:, :, offset]
+    aware = keep_until(block_attn.flatten(-2), gamma, 1, blocks * blocks).unflatten(-1, (blocks, blocks))
+    mask = torch.where(query_aware[..., None, None], aware | mask, mask)
+    mask = (mask | torch.eye(blocks, dtype=torch.bool)) & causal
+    mask[..., 0] = True
+    return mask
+
+
 def bin_pack(lengths, capacity, algorithm="bfd"):
     """O(n^2) best-fit / first-fit decreasing: (row, offset) lists. Longest first, ties by index."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])

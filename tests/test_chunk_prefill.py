@@ -261,3 +261,21 @@ def test_every_policy_serves_a_one_chunk_prompt(model, policy):
     result = ChunkedPrefill(model, cache, policy=policy).prefill(chunk, QUESTION)
     logits, _ = plain(model, chunk)
     torch.testing.assert_close(result.logits, logits, atol=1e-4, rtol=0)  # a first chunk needs no fixing
+
+
+def test_ingest_stores_chunks_alone_and_cachecraft_fixes_their_first_tokens(model):
+    chunks = chunks_of([20, 33])
+    cache = new_cache()
+    flow = ChunkedPrefill(model, cache, alpha=0.5)
+    assert flow.ingest(chunks) == 2 and flow.ingest(chunks) == 0
+    assert cache.variants(chunks[0]) == [0] and cache.info(chunks[1])["cci"] == 0.5
+    # A chunk alone at the front of the prompt is exact: reuse equals plain prefill.
+    alone = ChunkedPrefill(model, cache, policy="reuse").prefill(chunks[:1], QUESTION)
+    torch.testing.assert_close(alone.logits, plain(model, chunks[:1])[0], atol=1e-4, rtol=0)
+    result = flow.prefill(chunks, QUESTION)
+    assert all(c.hit for c in result.chunks) and result.chunks[0].positions is None
+    fixed = math.ceil(0.5 * 0.5 * 33)
+    assert result.chunks[1].cfo == pytest.approx(0.25)
+    assert torch.equal(result.chunks[1].positions, torch.arange(fixed))
+    with pytest.raises(ValueError, match=r"chunks\[0\] has token ids outside"):
+        flow.ingest([torch.tensor([VOCAB + 3])])

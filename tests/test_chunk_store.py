@@ -188,6 +188,10 @@ def test_bad_inputs_leave_the_cache_consistent(tmp_path):
         cache.put(chunk(1), kv_of(1), model_id="other")
     with pytest.raises(ValueError, match="token ids"):
         cache.put([0.5, 1.5], kv_of(1))
+    with pytest.raises(ValueError, match="finite and >= 0"):
+        cache.put(chunk(1), kv_of(1), prefix=[(3, -1.0)])
+    with pytest.raises(ValueError, match="pairs"):
+        cache.put(chunk(1), kv_of(1), prefix=[3, 4])
     assert cache.stats() == before
     cache.check_invariants()
     with pytest.raises(RuntimeError, match="not acquired"):

@@ -9,27 +9,77 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lmkernels.bench.sparse import planted_inputs
-from lmkernels.flex_prefill import _keep_until, build_flex_index, flex_prefill_attention
+from lmkernels.flex_prefill import build_flex_index, flex_prefill_attention
+from lmkernels.sparse import BlockIndex
+
+import reference
 
 
 def rel_err(out, want):
     return float((out.float() - want.float()).norm() / want.float().norm())
 
 
+def select(vertical, slash, block_attn, query_aware, gamma, lo, hi):
+    """The C++ op's selection as a block mask."""
+    crow, col, density = torch.ops.lmkernels.flex_select_blocks(vertical, slash, block_attn, query_aware, gamma, lo, hi)
+    mask = BlockIndex(crow, col).to_mask(vertical.shape[-1])
+    causal = torch.ones(vertical.shape[-1], vertical.shape[-1], dtype=torch.bool).tril()
+    torch.testing.assert_close(density, mask.sum((-1, -2)).float() / causal.sum())
+    return mask
+
+
 @settings(max_examples=100, deadline=None)
 @given(st.lists(st.floats(0.0, 10.0), min_size=1, max_size=40), st.floats(0.05, 1.0), st.integers(1, 5))
 def test_selection_is_the_fewest_blocks_reaching_gamma(scores, gamma, lo):
+    """The selection rule (the reference, which the C++ op equals below): the kept entries
+    are the top ones, reach gamma, and are the fewest that do (above the minimum count)."""
     x = torch.tensor(scores, dtype=torch.float64)[None]
     lo = min(lo, x.shape[-1])
-    keep = _keep_until(x, gamma, lo, x.shape[-1])[0]
+    keep = reference.keep_until(x, gamma, lo, x.shape[-1])[0]
     total = float(x.sum())
     kept_mass = float(x[0][keep].sum())
     assert kept_mass >= gamma * total - 1e-9 or int(keep.sum()) == x.shape[-1]
     if int(keep.sum()) > lo:  # minimal: dropping the smallest kept entry falls short of gamma
         assert kept_mass - float(x[0][keep].min()) < gamma * total + 1e-9
-    # The kept entries are the top ones.
     if keep.any() and (~keep).any():
         assert float(x[0][keep].min()) >= float(x[0][~keep].max())
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 2), st.integers(1, 3), st.integers(1, 12), st.floats(0.05, 1.0), st.integers(1, 4),
+       st.integers(0, 8), st.booleans(), st.integers(0, 2**31))
+def test_select_op_matches_reference(batch, heads, blocks, gamma, lo, extra, integers, seed):
+    g = torch.Generator().manual_seed(seed)
+    draw = (lambda *s: torch.randint(0, 4, s, generator=g).float()) if integers else (lambda *s: torch.rand(*s, generator=g))
+    vertical, slash = draw(batch, heads, blocks), draw(batch, heads, blocks)
+    block_attn = draw(batch, heads, blocks, blocks).tril()
+    aware = torch.rand(batch, heads, generator=g) < 0.5
+    got = select(vertical, slash, block_attn, aware, gamma, lo, lo + extra)
+    want = reference.flex_select_blocks(vertical, slash, block_attn, aware, gamma, lo, lo + extra)
+    assert torch.equal(got, want)
+
+
+def test_select_op_checks_and_opcheck():
+    v = torch.rand(1, 2, 5)
+    attn = torch.rand(1, 2, 5, 5)
+    aware = torch.tensor([[True, False]])
+    torch.library.opcheck(torch.ops.lmkernels.flex_select_blocks, (v, v, attn, aware, 0.9, 1, 5),
+                          test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+    op = torch.ops.lmkernels.flex_select_blocks
+    with pytest.raises(RuntimeError, match="slash must have vertical's shape"):
+        op(v, v[..., :4], attn, aware, 0.9, 1, 5)
+    with pytest.raises(RuntimeError, match=r"block_attn must be \[B, H, nb, nb\]"):
+        op(v, v, attn[..., :4], aware, 0.9, 1, 5)
+    with pytest.raises(RuntimeError, match="query_aware must be a bool"):
+        op(v, v, attn, aware.int(), 0.9, 1, 5)
+    with pytest.raises(RuntimeError, match="gamma"):
+        op(v, v, attn, aware, 1.5, 1, 5)
+    with pytest.raises(RuntimeError, match="min_blocks"):
+        op(v, v, attn, aware, 0.9, 3, 2)
+    with pytest.raises(RuntimeError, match="finite and >= 0"):
+        op(v.clone().fill_(float("nan")), v, attn, aware, 0.9, 1, 5)
+    with pytest.raises(RuntimeError, match="float32"):
+        op(v.double(), v, attn, aware, 0.9, 1, 5)
 
 
 def test_planted_structure_is_found_and_error_is_small():

@@ -24,6 +24,15 @@ def _spliced_attention_fake(q, k, v, q_positions, scale):
     return q.new_empty(q.shape)
 
 
+@torch.library.register_fake("lmkernels::flex_select_blocks")
+def _flex_select_blocks_fake(vertical, slash, block_attn, query_aware, gamma, min_blocks, max_blocks):
+    batch, heads, blocks = vertical.shape
+    width = torch.library.get_ctx().new_dynamic_size()
+    return (vertical.new_empty((batch, heads, blocks + 1), dtype=torch.int64),
+            vertical.new_empty((batch, heads, width), dtype=torch.int64),
+            vertical.new_empty((batch, heads), dtype=torch.float32))
+
+
 @torch.library.register_fake("lmkernels::pack_sequences")
 def _pack_sequences_fake(lengths, capacity, algorithm):
     return lengths.new_empty(lengths.shape, dtype=torch.int64), lengths.new_empty(lengths.shape, dtype=torch.int64)

@@ -195,7 +195,7 @@ def greedy_decode(model: torch.nn.Module, result: ChunkedPrefillResult, steps: i
 def _token_list(name: str, tokens: torch.Tensor | Sequence[int]) -> torch.Tensor:
     t = torch.as_tensor(tokens)
     if t.dim() != 1 or t.numel() == 0 or t.dtype.is_floating_point or t.dtype == torch.bool:
-        raise ValueError(f"ChunkedPrefill.prefill: {name} must be a non-empty 1-D sequence of token ids")
+        raise ValueError(f"ChunkedPrefill: {name} must be a non-empty 1-D sequence of token ids")
     return t.to(torch.int64).cpu()
 
 
@@ -248,6 +248,34 @@ class ChunkedPrefill:
         self.kv_heads = config.num_key_value_heads
         self.layers = layers
 
+    # ---- offline ingestion ---------------------------------------------------------------
+    @torch.no_grad()
+    def ingest(self, chunks: Sequence[torch.Tensor | Sequence[int]]) -> int:
+        """Computes each chunk alone (positions 0..) and stores it as its context-free
+        variant, as a RAG system precomputes its corpus; chunks already stored that way are
+        skipped. Returns how many were stored. Such a variant has no measured context, so
+        ``cachecraft`` fixes ``ceil(alpha * 0.5 * tokens)`` of it wherever it follows other
+        chunks, starting with its first tokens (the attention sink of a chunk computed alone).
+        """
+        device = self.model.lm_head.weight.device
+        stored = 0
+        for i, chunk in enumerate(chunks):
+            ids = _token_list(f"chunks[{i}]", chunk)
+            if self.cache.variant_info(ids, 0) is not None:
+                continue
+            self._check_vocab(f"chunks[{i}]", ids)
+            out = self.model.model(input_ids=ids.to(device)[None], use_cache=True)
+            kv = torch.stack([torch.stack([layer.keys[0], layer.values[0]]) for layer in out.past_key_values.layers])
+            kv = kv.permute(1, 3, 0, 2, 4).contiguous()  # [2, tokens, layers, kv_heads, dim]
+            self.cache.put(ids, kv, context=0, cci=0.5)
+            stored += 1
+        return stored
+
+    def _check_vocab(self, name: str, ids: torch.Tensor) -> None:
+        vocab = self.model.config.vocab_size
+        if int(ids.min()) < 0 or int(ids.max()) >= vocab:
+            raise ValueError(f"ChunkedPrefill: {name} has token ids outside [0, {vocab})")
+
     # ---- the request ---------------------------------------------------------------------
     @torch.no_grad()
     def prefill(self, chunks: Sequence[torch.Tensor | Sequence[int]],
@@ -257,11 +285,8 @@ class ChunkedPrefill:
         if len(chunks) == 0:
             raise ValueError("ChunkedPrefill.prefill: chunks must not be empty")
         pieces = [_token_list(f"chunks[{i}]", c) for i, c in enumerate(chunks)] + [_token_list("question", question)]
-        vocab = self.model.config.vocab_size
         for i, piece in enumerate(pieces):
-            if int(piece.min()) < 0 or int(piece.max()) >= vocab:
-                name = "question" if i == len(chunks) else f"chunks[{i}]"
-                raise ValueError(f"ChunkedPrefill.prefill: {name} has token ids outside [0, {vocab})")
+            self._check_vocab("question" if i == len(chunks) else f"chunks[{i}]", piece)
         if self.policy == "full":
             return self._full(pieces)
         return self._spliced(pieces)

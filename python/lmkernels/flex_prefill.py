@@ -9,12 +9,14 @@ For every (batch, head) at once (batched tensor ops, no loop over batch or heads
    Jensen-Shannon divergence between the two is below ``tau`` is *query-aware*: its blocks
    are chosen from pooled-Q x pooled-K block attention. Otherwise it is *vertical-slash*.
 3. Each pattern keeps the fewest blocks (by score, descending) whose cumulative attention
-   reaches ``gamma``, within the token budgets; the sink block and the diagonal are always kept.
-4. The block mask becomes a CSR index and :func:`block_sparse_attention` runs it.
+   reaches ``gamma``, within the token budgets; the sink block and the diagonal are always
+   kept; the result is a CSR index (C++ op ``flex_select_blocks``, a (batch, head) per task).
+4. :func:`block_sparse_attention` runs that index.
 
 Differences from the reference implementation (see shared notes): any batch size, any N,
 fp32/bf16/fp16; vertical-slash counts are taken over blocks of ``block_size`` (the reference
-hard-codes 128); the selection is vectorized rather than a Python loop over (batch, head).
+hard-codes 128); the scores are batched tensor ops and the selection C++, never a Python
+loop over (batch, head).
 """
 
 from __future__ import annotations
@@ -35,19 +37,6 @@ class FlexPrefillStats:
 
     query_aware: torch.Tensor  # bool [B, Hq]
     density: torch.Tensor      # float [B, Hq]
-
-
-def _keep_until(scores: torch.Tensor, gamma: float, lo: torch.Tensor | int, hi: torch.Tensor | int) -> torch.Tensor:
-    """Bool mask over the last dim: the top entries whose cumulative share first reaches
-    ``gamma`` of the total, their count clamped to [lo, hi]."""
-    ordered, order = scores.sort(-1, descending=True)
-    total = ordered.sum(-1, keepdim=True).clamp_min(torch.finfo(scores.dtype).tiny)
-    reached = (ordered.cumsum(-1) / total) >= gamma
-    count = (~reached).sum(-1, keepdim=True) + 1  # entries before the threshold, plus the one reaching it
-    count = count.clamp(min=lo, max=hi)
-    ranks = torch.empty_like(order)
-    ranks.scatter_(-1, order, torch.arange(order.shape[-1], device=order.device).expand_as(order))
-    return ranks < count
 
 
 def _block_means(x: torch.Tensor, block_size: int) -> torch.Tensor:
@@ -128,31 +117,21 @@ def build_flex_index(
     jsd = (0.5 * kl(truth, mid) + 0.5 * kl(estimate, mid)).clamp_min(0).sqrt()
     query_aware = jsd < tau                                                             # [B, Hq]
 
-    # 3. Cumulative-attention selection within budgets (in blocks).
-    lo = min(blocks, max(1, math.ceil(min_budget / block_size)))
-    hi = blocks if max_budget is None else min(blocks, max(lo, math.ceil(max_budget / block_size)))
-    # The last query block's own key block is its diagonal, which the slash pattern covers;
-    # counting it as a column too would let the local band alone "reach" gamma.
-    off_diagonal = vertical_blocks.clone()
-    off_diagonal[..., -1] = 0
-    vertical_keep = _keep_until(off_diagonal, gamma, lo, hi)                            # key block c
-    slash_keep = _keep_until(slash_blocks, gamma, lo, hi)                               # offset block s
-    vertical_keep[..., 0] = True
-    slash_keep[..., 0] = True
+    # 3. Pooled block attention for query-aware heads.
     row = torch.arange(blocks, device=device)
     causal = row[None, :] <= row[:, None]                                               # [i, c]
-    diagonal_offset = (row[:, None] - row[None, :]).clamp_min(0)                       # i - c
-    vs_mask = vertical_keep[:, :, None, :] | slash_keep[:, :, diagonal_offset]          # [B, Hq, nb, nb]
-
     q_pooled = _block_means(qf, block_size)                                             # [B, Hq, nb, D]
     block_scores = torch.einsum("bhgid,bhcd->bhgic", q_pooled.unflatten(1, (k.shape[1], group)), k_pooled)
     block_attn = (block_scores.flatten(1, 2) * scale).masked_fill(~causal, float("-inf")).softmax(-1)
-    qa_keep = _keep_until(block_attn.flatten(-2), gamma, 1, blocks * blocks).unflatten(-1, (blocks, blocks))
-    mask = torch.where(query_aware[..., None, None], qa_keep | vs_mask, vs_mask)
-    mask = (mask | torch.eye(blocks, dtype=torch.bool, device=device)) & causal
-    mask[..., 0] = True
-    density = mask.sum((-1, -2)).float() / causal.sum()
-    return BlockIndex.from_mask(mask), FlexPrefillStats(query_aware, density)
+
+    # 4. Cumulative-attention selection within budgets (in blocks) and the CSR index: C++,
+    # one (batch, head) per task.
+    lo = min(blocks, max(1, math.ceil(min_budget / block_size)))
+    hi = blocks if max_budget is None else min(blocks, max(lo, math.ceil(max_budget / block_size)))
+    crow, col, density = torch.ops.lmkernels.flex_select_blocks(
+        vertical_blocks.contiguous(), slash_blocks.contiguous(), block_attn.contiguous(), query_aware.contiguous(),
+        float(gamma), lo, hi)
+    return BlockIndex(crow, col), FlexPrefillStats(query_aware, density)
 
 
 def flex_prefill_attention(

@@ -1,4 +1,4 @@
-"""Fuzzer for lmkernels::block_sparse_attention (raw op)."""
+"""Fuzzers for lmkernels::block_sparse_attention and lmkernels::flex_select_blocks (raw ops)."""
 
 from __future__ import annotations
 
@@ -70,3 +70,54 @@ def fuzz_block_sparse_attention(data):
     with num_threads(1):
         single = torch.ops.lmkernels.block_sparse_attention(q, k, v, crow, col, bs, causal, 0.3, True)[0]
     assert torch.equal(single.nan_to_num(), out.nan_to_num()), "1 thread differs"
+
+
+SELECT = "lmkernels::flex_select_blocks"
+
+
+@fuzzer(SELECT)
+def fuzz_flex_select_blocks(data):
+    draw = data.draw
+    fault = draw(st.sampled_from([None] * 6 + ["shape", "attn shape", "aware dtype", "gamma", "budget", "nan",
+                                               "negative", "dtype", "empty"]), label="fault")
+    batch = draw(st.integers(1, 2), label="batch")
+    heads = draw(st.integers(1, 3), label="heads")
+    blocks = draw(st.integers(1, 10), label="blocks")
+    gamma = draw(st.floats(0.01, 1.0), label="gamma")
+    lo = draw(st.integers(1, 12), label="min_blocks")
+    hi = lo + draw(st.integers(0, 12), label="extra blocks")
+    seed = draw(st.integers(0, 2**31), label="seed")
+    g = torch.Generator().manual_seed(seed)
+    vertical = torch.rand(batch, heads, blocks, generator=g)
+    slash = torch.rand(batch, heads, blocks, generator=g)
+    attn = torch.rand(batch, heads, blocks, blocks, generator=g).tril()
+    aware = torch.rand(batch, heads, generator=g) < 0.5
+    if fault == "shape":
+        slash = slash[..., :-1]
+    elif fault == "attn shape":
+        attn = attn[:, :, :1]
+    elif fault == "aware dtype":
+        aware = aware.float()
+    elif fault == "gamma":
+        gamma = draw(st.sampled_from([0.0, -1.0, 1.5, float("nan")]))
+    elif fault == "budget":
+        lo, hi = hi + 1, hi
+    elif fault == "nan":
+        vertical[0, 0, 0] = float("nan")
+    elif fault == "negative":
+        attn[0, 0, 0, 0] = -1.0
+    elif fault == "dtype":
+        vertical = vertical.half()
+    elif fault == "empty":
+        vertical, slash, attn = vertical[..., :0], slash[..., :0], attn[..., :0, :0]
+    before = [t.clone() for t in (vertical, slash, attn)]
+    result = attempt(SELECT, lambda: torch.ops.lmkernels.flex_select_blocks(vertical, slash, attn, aware, gamma, lo, hi))
+    assert all(torch.equal(a.nan_to_num(), b.nan_to_num()) for a, b in zip(before, (vertical, slash, attn)))
+    if result is None:
+        return
+    crow, col, density = result
+    mask = BlockIndex(crow, col).to_mask(blocks)
+    assert torch.equal(mask, reference.flex_select_blocks(vertical, slash, attn, aware, gamma, lo, hi))
+    with num_threads(1):
+        again = torch.ops.lmkernels.flex_select_blocks(vertical, slash, attn, aware, gamma, lo, hi)
+    assert all(torch.equal(a, b) for a, b in zip(again, result)), "1 thread differs"
