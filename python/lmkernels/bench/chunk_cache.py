@@ -19,8 +19,6 @@ only; its quality numbers mean little).
 
 from __future__ import annotations
 
-import json
-import os
 import statistics
 import time
 from pathlib import Path
@@ -31,38 +29,20 @@ from lmkernels.chunk_prefill import ChunkedPrefill, greedy_decode
 from lmkernels.chunk_store import ChunkCache
 
 from .harness import Row
+from .reference_models import load_with_text, longest_context_model
 
 CORE = "chunk-cache"
 POOL, PER_REQUEST, QUESTION, ANSWER = 200, 5, 16, 32
 POLICIES = ("full", "prefix", "reuse", "cacheblend", "cachecraft")
 
 
-def _reference_model() -> Path | None:
-    root = Path(os.environ.get("LMKERNELS_DATA", "data"))
-    best = None
-    for record in sorted(root.glob("models/*/training.json")):
-        context = json.loads(record.read_text())["options"]["context"]
-        if best is None or context > best[0]:
-            best = (context, record.parent)
-    return None if best is None else best[1]
+def _model_and_text():
+    from transformers import LlamaConfig, LlamaForCausalLM
 
-
-def _model_and_text(quick: bool):
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    model_dir = _reference_model()
-    if model_dir is not None:
-        record = json.loads((model_dir / "training.json").read_text())
-        corpora = model_dir.parent.parent / "corpora"
-        sources = record["options"]["sources"]
-        paths = [corpora / s / "heldout.txt" for s in sources] + [corpora / s / "train.txt" for s in sources]
-        if all(path.exists() for path in paths):
-            model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True).eval()
-            tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
-            # Held-out text first; the end of the training text when the pool needs more.
-            text = "\n".join(p.read_text() for p in paths[:len(sources)])
-            text += "\n".join(p.read_text()[-400_000:] for p in paths[len(sources):])
-            return model, torch.tensor(tokenizer(text)["input_ids"]), model_dir.name
+    model_dir = longest_context_model()
+    loaded = load_with_text(model_dir) if model_dir is not None else None
+    if loaded is not None:
+        return loaded
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=4096, hidden_size=256, intermediate_size=768, num_hidden_layers=4,
                          num_attention_heads=4, num_key_value_heads=2, head_dim=64, max_position_embeddings=4096)
@@ -93,7 +73,7 @@ def _kl(logits: torch.Tensor, reference: torch.Tensor) -> float:
 
 
 def run(quick: bool, out_dir: Path | None = None) -> list[Row]:
-    model, ids, model_name = _model_and_text(quick)
+    model, ids, model_name = _model_and_text()
     requests, warmup = (30, 10) if quick else (100, 20)
     work, (shortest, longest) = _workload(ids, model.config.max_position_embeddings, requests)
     bytes_per_token = (2 * model.config.num_hidden_layers * model.config.num_key_value_heads

@@ -15,7 +15,6 @@ from __future__ import annotations
 import copy
 import importlib
 import inspect
-import os
 import pkgutil
 import re
 import time
@@ -27,6 +26,7 @@ from torch import nn
 from lmkernels import quant
 
 from .harness import Row
+from .reference_models import reference_model_dirs
 
 CORE = "quant-accuracy"
 GROUP = 32
@@ -147,13 +147,6 @@ def _bits_per_weight(model: nn.Module) -> float:
             bits += qw.nbytes * 8
             numel += qw.out_features * qw.in_features
     return bits / numel
-
-
-def reference_model_dirs() -> list[Path]:
-    """Trained reference models (python -m lmkernels.data train-reference) found under
-    $LMKERNELS_DATA or ./data: every models/* folder with a training.json."""
-    root = Path(os.environ.get("LMKERNELS_DATA", "data"))
-    return sorted(p.parent for p in root.glob("models/*/training.json"))
 
 
 def perplexity_rows(quick: bool) -> list[Row]:
