@@ -45,8 +45,6 @@ corpora: install
 reference-models: corpora
 	$(PY) -m lmkernels.data train-reference --corpora $(DATA_DIR)/corpora --out $(DATA_DIR)/models/small-en \
 		--preset small --sources en pydoc
-	$(PY) -m lmkernels.data train-reference --corpora $(DATA_DIR)/corpora --out $(DATA_DIR)/models/small-multi \
-		--preset small --sources en fr de
 	# Context 2560 for the chunk-cache RAG bench (5 chunks of up to 508 tokens + a question).
 	$(PY) -m lmkernels.data train-reference --corpora $(DATA_DIR)/corpora --out $(DATA_DIR)/models/small-en-long \
 		--preset small --sources en --context 2560 --batch 2 --minutes 18

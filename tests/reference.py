@@ -88,6 +88,36 @@ def keep_until(scores, gamma, lo, hi):
     return ranks < count
 
 
+def flex_pattern_scores(q, k, block_size, scale):
+    """FlexPrefill's pattern estimation in float64 torch ops: (vertical [B, Hq, nb], slash
+    [B, Hq, nb], block_attn [B, Hq, nb, nb], sqrt-JSD [B, Hq])."""
+    batch, heads, n, dim = q.shape
+    group = heads // k.shape[1]
+    blocks = -(-n // block_size)
+    qf, kf = q.double(), k.double().repeat_interleave(group, 1)
+    last = min(block_size, n)
+    pos = torch.arange(n)
+    scores = (qf[:, :, n - last:] @ kf.transpose(-1, -2)) * scale
+    scores = scores.masked_fill(pos[None, :] > pos[n - last:, None], float("-inf"))
+    probs = scores.softmax(-1)                                                  # [B, H, L, N]
+    block_of = pos // block_size
+    vertical = torch.zeros(batch, heads, blocks, dtype=torch.float64).index_add_(-1, block_of, probs.mean(-2))
+    offset = ((pos[n - last:, None] - pos[None, :]).clamp_min(0) // block_size).expand(batch, heads, last, n)
+    slash = torch.zeros(batch, heads, last, blocks, dtype=torch.float64).scatter_add_(-1, offset, probs).sum(-2) / last
+    pooled = [torch.stack([x[..., block_of == c, :].mean(-2) for c in range(blocks)], -2) for x in (qf, kf)]
+    estimate = ((qf[:, :, n - last:].mean(-2, keepdim=True) @ pooled[1].transpose(-1, -2)) * scale).softmax(-1)[..., 0, :]
+    truth = vertical / vertical.sum(-1, keepdim=True).clamp_min(1e-30)
+    mid = 0.5 * (truth + estimate)
+
+    def kl(p, m):
+        return torch.where(p > 0, p * (p.clamp_min(1e-30).log() - m.clamp_min(1e-30).log()), 0.0).sum(-1)
+
+    jsd = (0.5 * kl(truth, mid) + 0.5 * kl(estimate, mid)).clamp_min(0).sqrt()
+    causal = torch.arange(blocks)[None, :] <= torch.arange(blocks)[:, None]
+    block_attn = ((pooled[0] @ pooled[1].transpose(-1, -2)) * scale).masked_fill(~causal, float("-inf")).softmax(-1)
+    return vertical, slash, block_attn, jsd
+
+
 def flex_select_blocks(vertical, slash, block_attn, query_aware, gamma, lo, hi):
     """FlexPrefill's block mask [B, H, nb, nb] (query block, key block), float64 selection."""
     blocks = vertical.shape[-1]

@@ -147,15 +147,50 @@ def test_bad_arguments():
         flex_prefill_attention(torch.randn(1, 3, 600, 32), q, q)
 
 
-def test_slash_block_mass_matches_a_loop():
-    from lmkernels.flex_prefill import _slash_block_mass
-
-    n, rows, bs = 37, 8, 5
-    p = torch.rand(2, 3, rows, n)
-    want = torch.zeros(2, 3, -(-n // bs))
+def test_slash_and_vertical_scores_match_a_loop():
+    """The op's slash entry s sums the last block's attention over (q_pos - j) // bs == s,
+    its vertical entry c over key block c; both averaged over the block's queries."""
+    n, bs, dim = 37, 5, 8
+    q, k = torch.randn(1, 1, n, dim), torch.randn(1, 1, n, dim)
+    vertical, slash, _, _ = torch.ops.lmkernels.flex_pattern_scores(q, k, bs, 0.5)
+    rows = min(bs, n)
+    want_slash, want_vertical = torch.zeros(-(-n // bs)), torch.zeros(-(-n // bs))
     for r in range(rows):
-        for j in range(n):
-            d = (n - rows + r) - j
-            if d >= 0:
-                want[..., d // bs] += p[..., r, j]
-    torch.testing.assert_close(_slash_block_mass(p, n, bs), want)
+        pos = n - rows + r
+        p = ((q[0, 0, pos] @ k[0, 0, : pos + 1].T) * 0.5).softmax(-1)
+        for j in range(pos + 1):
+            want_slash[(pos - j) // bs] += p[j] / rows
+            want_vertical[j // bs] += p[j] / rows
+    torch.testing.assert_close(slash[0, 0], want_slash)
+    torch.testing.assert_close(vertical[0, 0], want_vertical)
+
+
+@pytest.mark.parametrize("batch,heads,kv_heads,n,dim,block", [(1, 2, 2, 300, 32, 64), (2, 8, 2, 1000, 64, 128),
+                                                              (1, 3, 1, 17, 16, 32), (2, 4, 4, 129, 24, 16)])
+def test_pattern_scores_op_matches_reference(batch, heads, kv_heads, n, dim, block):
+    q = torch.randn(batch, heads, n, dim) * 2
+    k = torch.randn(batch, kv_heads, n, dim) * 2
+    got = torch.ops.lmkernels.flex_pattern_scores(q, k, block, dim ** -0.5)
+    want = reference.flex_pattern_scores(q, k, block, dim ** -0.5)
+    for name, a, b in zip(("vertical", "slash", "block_attn", "jsd"), got, want):
+        assert a.dtype == torch.float32, name
+        torch.testing.assert_close(a.double(), b, atol=2e-6, rtol=1e-4, msg=name)
+
+
+def test_pattern_scores_op_bf16_checks_and_opcheck():
+    q, k = torch.randn(1, 4, 200, 32), torch.randn(1, 2, 200, 32)
+    got = torch.ops.lmkernels.flex_pattern_scores(q.bfloat16(), k.bfloat16(), 64, 0.2)
+    want = reference.flex_pattern_scores(q.bfloat16().float(), k.bfloat16().float(), 64, 0.2)
+    torch.testing.assert_close(got[0].double(), want[0], atol=1e-5, rtol=1e-3)
+    torch.library.opcheck(torch.ops.lmkernels.flex_pattern_scores, (q, k, 64, 0.2))
+    op = torch.ops.lmkernels.flex_pattern_scores
+    with pytest.raises(RuntimeError, match="multiple of heads_kv"):
+        op(torch.randn(1, 3, 200, 32), k, 64, 0.2)
+    with pytest.raises(RuntimeError, match="share B, N and D"):
+        op(q, k[:, :, :100], 64, 0.2)
+    with pytest.raises(RuntimeError, match="block_size"):
+        op(q, k, 0, 0.2)
+    with pytest.raises(RuntimeError, match="share a floating dtype"):
+        op(q, k.half(), 64, 0.2)
+    with pytest.raises(RuntimeError, match="scale must be finite"):
+        op(q, k, 64, float("nan"))

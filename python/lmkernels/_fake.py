@@ -24,6 +24,15 @@ def _spliced_attention_fake(q, k, v, q_positions, scale):
     return q.new_empty(q.shape)
 
 
+@torch.library.register_fake("lmkernels::flex_pattern_scores")
+def _flex_pattern_scores_fake(q, k, block_size, scale):
+    batch, heads, n, _ = q.shape
+    blocks = -(-n // block_size)
+    f32 = dict(dtype=torch.float32)
+    return (q.new_empty((batch, heads, blocks), **f32), q.new_empty((batch, heads, blocks), **f32),
+            q.new_empty((batch, heads, blocks, blocks), **f32), q.new_empty((batch, heads), **f32))
+
+
 @torch.library.register_fake("lmkernels::flex_select_blocks")
 def _flex_select_blocks_fake(vertical, slash, block_attn, query_aware, gamma, min_blocks, max_blocks):
     batch, heads, blocks = vertical.shape

@@ -244,8 +244,7 @@ class ChunkedPrefill:
         self.measure = policy == "cachecraft" if measure is None else bool(measure)
         self.ratio = 0.15 if ratio is None and policy == "cacheblend" else ratio
         self.rope = RopeConfig.from_hf_config(model.config)
-        config = model.config
-        self.kv_heads = config.num_key_value_heads
+        self.kv_heads = model.config.num_key_value_heads
         self.layers = layers
 
     # ---- offline ingestion ---------------------------------------------------------------
@@ -299,16 +298,14 @@ class ChunkedPrefill:
         return ChunkedPrefillResult(out.logits[0, -1], out.past_key_values, ids.shape[1], reports)
 
     def _spliced(self, pieces: list[torch.Tensor]) -> ChunkedPrefillResult:
-        model, inner = self.model, self.model.model
-        weight = model.lm_head.weight
+        weight = self.model.lm_head.weight
         chunks = pieces[:-1]
         sizes = [c.numel() for c in chunks]
         starts = [0] + torch.tensor(sizes).cumsum(0).tolist()
         total = starts[-1] + pieces[-1].numel()
         keys = [self.cache.chunk_key(c) for c in chunks]
-        config = model.config
-        head_dim = self.rope.head_dim
-        buffer = torch.zeros(2, total, self.layers, self.kv_heads, head_dim, dtype=weight.dtype, device=weight.device)
+        buffer = torch.zeros(2, total, self.layers, self.kv_heads, self.rope.head_dim, dtype=weight.dtype,
+                             device=weight.device)
 
         reports = [ChunkReport(tokens=n, hit=False) for n in sizes]
         active_parts = [torch.arange(starts[-1], total)]
@@ -340,7 +337,7 @@ class ChunkedPrefill:
                 self._plan_measurement(state, misses, starts)
             if blend_spans:
                 state.blend = (self.check_layer, blend_spans, float(self.ratio))
-            logits = self._run_active(state, pieces, total)
+            logits = self._run_active(state, pieces)
         for i in misses:
             reports[i].recomputed, reports[i].positions = float(sizes[i]), torch.arange(sizes[i])
         if blend_spans:
@@ -412,7 +409,7 @@ class ChunkedPrefill:
         state.stats_rows = torch.cat(rows) if rows else torch.empty(0, dtype=torch.int64)
         state.mass = torch.zeros(state.stats_rows.numel(), len(starts))
 
-    def _run_active(self, state: _SpliceState, pieces: list[torch.Tensor], total: int) -> torch.Tensor:
+    def _run_active(self, state: _SpliceState, pieces: list[torch.Tensor]) -> torch.Tensor:
         model, inner = self.model, self.model.model
         device = model.lm_head.weight.device
         ids = torch.cat(pieces).to(device)

@@ -1,6 +1,6 @@
 """FlexPrefill: per-head adaptive block-sparse attention for long prefills.
 
-For every (batch, head) at once (batched tensor ops, no loop over batch or heads):
+For every (batch, head) at once (two C++ ops, no Python loop over batch or heads):
 
 1. The last query block attends to every key (fp32 softmax): its mean over queries gives
    *vertical* scores per key, its mass per diagonal-offset block gives *slash* scores.
@@ -8,6 +8,8 @@ For every (batch, head) at once (batched tensor ops, no loop over batch or heads
    query against mean-pooled key blocks is the "estimate". A head whose square-root
    Jensen-Shannon divergence between the two is below ``tau`` is *query-aware*: its blocks
    are chosen from pooled-Q x pooled-K block attention. Otherwise it is *vertical-slash*.
+   (Steps 1-2: C++ op ``flex_pattern_scores``, GEMMs through ATen, per-head reductions in
+   threads.)
 3. Each pattern keeps the fewest blocks (by score, descending) whose cumulative attention
    reaches ``gamma``, within the token budgets; the sink block and the diagonal are always
    kept; the result is a CSR index (C++ op ``flex_select_blocks``, a (batch, head) per task).
@@ -15,8 +17,7 @@ For every (batch, head) at once (batched tensor ops, no loop over batch or heads
 
 Differences from the reference implementation (see shared notes): any batch size, any N,
 fp32/bf16/fp16; vertical-slash counts are taken over blocks of ``block_size`` (the reference
-hard-codes 128); the scores are batched tensor ops and the selection C++, never a Python
-loop over (batch, head).
+hard-codes 128); index building is C++ over all (batch, head) pairs, never a Python loop.
 """
 
 from __future__ import annotations
@@ -39,40 +40,6 @@ class FlexPrefillStats:
     density: torch.Tensor      # float [B, Hq]
 
 
-def _block_means(x: torch.Tensor, block_size: int) -> torch.Tensor:
-    """[..., N, D] -> [..., blocks, D]: the mean over each block's real tokens, from views
-    (no padded copy of x)."""
-    n = x.shape[-2]
-    full = n // block_size
-    parts = [x[..., : full * block_size, :].unflatten(-2, (full, block_size)).mean(-2)] if full else []
-    if n % block_size:
-        parts.append(x[..., full * block_size:, :].mean(-2, keepdim=True))
-    return torch.cat(parts, -2) if len(parts) > 1 else parts[0]
-
-
-def _blocks_of_tokens(x: torch.Tensor, block_size: int) -> torch.Tensor:
-    """[..., N] -> [..., blocks, block_size] with zero padding at the end."""
-    n = x.shape[-1]
-    blocks = -(-n // block_size)
-    return torch.nn.functional.pad(x, (0, blocks * block_size - n)).unflatten(-1, (blocks, block_size))
-
-
-def _slash_block_mass(probs: torch.Tensor, n: int, block_size: int) -> torch.Tensor:
-    """Attention mass of the last query block by diagonal-offset block: probs [B, H, L, N]
-    holds the last L queries (positions n - L .. n - 1); entry s of the result sums
-    probs[r, j] over (q_pos(r) - j) // block_size == s. Per row that is a difference of
-    prefix sums at n_blocks + 1 points: one cumsum and a small gather, no skewed copy."""
-    batch, heads, rows, cols = probs.shape
-    blocks = -(-n // block_size)
-    cumulative = probs.cumsum(-1)                                             # sum of probs[..., :j + 1]
-    q_pos = torch.arange(n - rows, n, device=probs.device)
-    edges = q_pos[:, None] + 1 - torch.arange(blocks + 1, device=probs.device)[None, :] * block_size
-    # prefix(e) = sum of the first e entries = cumulative[e - 1], and 0 for e <= 0
-    at = cumulative.gather(-1, (edges.clamp(1, cols) - 1).expand(batch, heads, rows, blocks + 1))
-    at = at * (edges > 0)
-    return (at[..., :-1] - at[..., 1:]).sum(-2)                               # [B, H, blocks]
-
-
 def build_flex_index(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -85,52 +52,19 @@ def build_flex_index(
     scale: float,
 ) -> tuple[BlockIndex, FlexPrefillStats]:
     """The FlexPrefill block index for q [B, Hq, N, D], k [B, Hkv, N, D] (causal)."""
-    batch, heads, n, dim = q.shape
-    group = heads // k.shape[1]
-    blocks = -(-n // block_size)
-    device = q.device
-    qf, kf = q.float(), k.float()
-
-    # 1. The last query block against every key, per KV group (no K repeat).
-    last = min(block_size, n)
-    q_last = qf[:, :, n - last:].unflatten(1, (k.shape[1], group))                    # [B, Hkv, G, L, D]
-    # [B, Hkv, G*L, D] @ [B, Hkv, D, N]: BLAS reads K transposed in place; the scale goes on
-    # the small operand, and only the last L keys can lie after a query.
-    scores = torch.matmul(q_last.flatten(2, 3) * scale, kf.transpose(-1, -2)).unflatten(2, (group, last))
-    q_pos = torch.arange(n - last, n, device=device)
-    scores[..., n - last:].masked_fill_(q_pos[None, :] > q_pos[:, None], float("-inf"))
-    probs = scores.softmax(-1).flatten(1, 2)                                            # [B, Hq, L, N]
-    vertical = probs.mean(-2)                                                           # [B, Hq, N]
-    vertical_blocks = _blocks_of_tokens(vertical, block_size).sum(-1)                   # [B, Hq, nb]
-    slash_blocks = _slash_block_mass(probs, n, block_size) / last                       # [B, Hq, nb] by offset block
-
-    # 2. Estimated vs true distribution -> pattern per head.
-    k_pooled = _block_means(kf, block_size)                                             # [B, Hkv, nb, D]
-    q_mean = q_last.mean(-2)                                                            # [B, Hkv, G, D]
-    estimate = (torch.einsum("bhgd,bhcd->bhgc", q_mean, k_pooled) * scale).flatten(1, 2).softmax(-1)
-    truth = vertical_blocks / vertical_blocks.sum(-1, keepdim=True).clamp_min(1e-30)
-    mid = 0.5 * (truth + estimate)
-
-    def kl(p, m):
-        return torch.where(p > 0, p * (p.clamp_min(1e-30).log() - m.clamp_min(1e-30).log()), 0.0).sum(-1)
-
-    jsd = (0.5 * kl(truth, mid) + 0.5 * kl(estimate, mid)).clamp_min(0).sqrt()
+    blocks = -(-q.shape[2] // block_size)
+    # 1-3. Last-block scoring, vertical and slash scores, pooled block attention and the
+    # sqrt-JSD per head: one C++ op (GEMMs through ATen, per-head reductions in threads).
+    vertical_blocks, slash_blocks, block_attn, jsd = torch.ops.lmkernels.flex_pattern_scores(q, k, block_size,
+                                                                                            float(scale))
     query_aware = jsd < tau                                                             # [B, Hq]
-
-    # 3. Pooled block attention for query-aware heads.
-    row = torch.arange(blocks, device=device)
-    causal = row[None, :] <= row[:, None]                                               # [i, c]
-    q_pooled = _block_means(qf, block_size)                                             # [B, Hq, nb, D]
-    block_scores = torch.einsum("bhgid,bhcd->bhgic", q_pooled.unflatten(1, (k.shape[1], group)), k_pooled)
-    block_attn = (block_scores.flatten(1, 2) * scale).masked_fill(~causal, float("-inf")).softmax(-1)
 
     # 4. Cumulative-attention selection within budgets (in blocks) and the CSR index: C++,
     # one (batch, head) per task.
     lo = min(blocks, max(1, math.ceil(min_budget / block_size)))
     hi = blocks if max_budget is None else min(blocks, max(lo, math.ceil(max_budget / block_size)))
-    crow, col, density = torch.ops.lmkernels.flex_select_blocks(
-        vertical_blocks.contiguous(), slash_blocks.contiguous(), block_attn.contiguous(), query_aware.contiguous(),
-        float(gamma), lo, hi)
+    crow, col, density = torch.ops.lmkernels.flex_select_blocks(vertical_blocks, slash_blocks, block_attn,
+                                                                 query_aware, float(gamma), lo, hi)
     return BlockIndex(crow, col), FlexPrefillStats(query_aware, density)
 
 

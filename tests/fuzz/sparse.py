@@ -1,4 +1,4 @@
-"""Fuzzers for lmkernels::block_sparse_attention and lmkernels::flex_select_blocks (raw ops)."""
+"""Fuzzers for lmkernels::block_sparse_attention, flex_select_blocks and flex_pattern_scores (raw ops)."""
 
 from __future__ import annotations
 
@@ -121,3 +121,48 @@ def fuzz_flex_select_blocks(data):
     with num_threads(1):
         again = torch.ops.lmkernels.flex_select_blocks(vertical, slash, attn, aware, gamma, lo, hi)
     assert all(torch.equal(a, b) for a, b in zip(again, result)), "1 thread differs"
+
+
+SCORES = "lmkernels::flex_pattern_scores"
+
+
+@fuzzer(SCORES)
+def fuzz_flex_pattern_scores(data):
+    draw = data.draw
+    fault = draw(st.sampled_from([None] * 6 + ["heads", "length", "dtype", "block", "scale", "dims"]), label="fault")
+    batch = draw(st.integers(1, 2), label="batch")
+    heads_kv = draw(st.integers(1, 2), label="heads_kv")
+    heads_q = heads_kv * draw(st.integers(1, 3), label="group")
+    n = draw(st.integers(1, 200), label="tokens")
+    dim = draw(st.integers(1, 48), label="head_dim")
+    block = draw(st.sampled_from([1, 7, 16, 64, 256]), label="block_size")
+    scale = draw(st.floats(0.01, 1.0), label="scale")
+    dtype = draw(st.sampled_from(FLOAT_DTYPES), label="dtype")
+    q = draw(special_values((batch, heads_q, n, dim), dtype), label="q")
+    k = draw(special_values((batch, heads_kv, n, dim), dtype), label="k")
+    if fault == "heads":
+        q = torch.randn(batch, heads_kv * 2 + 1, n, dim).to(dtype) if heads_kv > 1 else q
+    elif fault == "length":
+        k = k[:, :, : n // 2]
+    elif fault == "dtype":
+        k = k.double()
+    elif fault == "block":
+        block = draw(st.sampled_from([0, -4]))
+    elif fault == "scale":
+        scale = float("inf")
+    elif fault == "dims":
+        q = q[0]
+    before = (q.clone(), k.clone())
+    result = attempt(SCORES, lambda: torch.ops.lmkernels.flex_pattern_scores(q, k, block, scale))
+    assert torch.equal(before[0].nan_to_num(), q.nan_to_num()) and torch.equal(before[1].nan_to_num(), k.nan_to_num())
+    if result is None:
+        return
+    finite = bool(torch.isfinite(q.float()).all() and torch.isfinite(k.float()).all())
+    small = finite and q.float().abs().max() * k.float().abs().max() * dim * scale < 50
+    if small:  # within fp32 softmax range: compare to float64
+        want = reference.flex_pattern_scores(q.float(), k.float(), block, scale)
+        for a, b in zip(result, want):
+            torch.testing.assert_close(a.double(), b, atol=1e-5, rtol=1e-3)
+    with num_threads(1):
+        again = torch.ops.lmkernels.flex_pattern_scores(q, k, block, scale)
+    assert all(torch.equal(a.nan_to_num(), b.nan_to_num()) for a, b in zip(again, result)), "1 thread differs"

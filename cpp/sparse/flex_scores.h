@@ -1,0 +1,21 @@
+// flex_pattern_scores: FlexPrefill's pattern estimation for every (batch, head): the GEMMs
+// through ATen, the per-head reductions (softmax rows, vertical and slash sums, pooled block
+// attention, sqrt-JSD) as C++ loops, one (batch, head) per task. Host code shared with CUDA.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <tuple>
+
+namespace lmkernels::sparse {
+
+// q [B, Hq, N, D], k [B, Hkv, N, D] (causal). Returns float32 (vertical [B, Hq, nb]: the last
+// query block's mean attention per key block; slash [B, Hq, nb]: per diagonal-offset block;
+// block_attn [B, Hq, nb, nb]: softmax of pooled q . pooled k over causal blocks; jsd [B, Hq]:
+// sqrt Jensen-Shannon divergence between the block-pooled vertical distribution and the
+// estimate from the mean last query against pooled keys).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> flex_pattern_scores_host(const at::Tensor& q,
+                                                                                    const at::Tensor& k,
+                                                                                    int64_t block_size, double scale);
+
+}  // namespace lmkernels::sparse
