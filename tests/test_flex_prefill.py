@@ -194,3 +194,36 @@ def test_pattern_scores_op_bf16_checks_and_opcheck():
         op(q, k.half(), 64, 0.2)
     with pytest.raises(RuntimeError, match="scale must be finite"):
         op(q, k, 64, float("nan"))
+
+
+def test_varlen_form_equals_each_sequence_alone():
+    from lmkernels import varlen_attention
+    from lmkernels.flex_prefill import flex_prefill_varlen
+
+    lengths = [700, 100, 1500, 30, 400]
+    qs, ks, vs = zip(*(planted_inputs(1, 4, n, 32, seed=n) for n in lengths))
+    ks = [k[:, ::2].contiguous() for k in ks]  # 4 query heads over 2 KV heads
+    vs = [v[:, ::2].contiguous() for v in vs]
+    packed = [torch.cat([t[0].transpose(0, 1) for t in ts]) for ts in (qs, ks, vs)]
+    cu = torch.tensor([0] + torch.tensor(lengths).cumsum(0).tolist())
+    opts = dict(gamma=0.9, block_size=64, min_budget=128)
+    out, stats = flex_prefill_varlen(*packed, cu, min_len=300, return_stats=True, **opts)
+    assert stats.density.shape == (5, 4)
+    for i, n in enumerate(lengths):
+        got = out[cu[i]:cu[i + 1]]
+        if n >= 300:  # FlexPrefill on its own, as if alone
+            want, alone = flex_prefill_attention(qs[i], ks[i], vs[i], return_stats=True, **opts)
+            torch.testing.assert_close(got, want[0].transpose(0, 1), atol=1e-6, rtol=1e-6)
+            torch.testing.assert_close(stats.density[i], alone.density[0])
+        else:  # dense causal attention
+            flat = [t[0].transpose(0, 1) for t in (qs[i], ks[i], vs[i])]
+            c = torch.tensor([0, n])
+            torch.testing.assert_close(got, varlen_attention(*flat, c, c), atol=1e-6, rtol=1e-6)
+            assert float(stats.density[i].min()) == 1.0
+    assert float(stats.density[2].mean()) < 0.9  # the long planted sequence was sparse
+    with pytest.raises(ValueError, match="cu_seqlens must rise from 0"):
+        flex_prefill_varlen(*packed, torch.tensor([0, 5, 3, sum(lengths)]))
+    with pytest.raises(TypeError, match="cu_seqlens"):
+        flex_prefill_varlen(*packed, cu.float())
+    with pytest.raises(ValueError, match="3-D"):
+        flex_prefill_varlen(packed[0][None], *packed[1:], cu)

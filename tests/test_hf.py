@@ -106,3 +106,30 @@ def test_flex_prefill_attention_implementation(model):
         del model.config.flex_prefill_min_len, model.config.flex_prefill
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(short, model(input_ids=ids[:, :50]).logits, atol=1e-4, rtol=1e-4)
+
+
+@torch.no_grad()
+def test_flex_prefill_attention_in_packed_rows(model, monkeypatch):
+    """Packed prompts: the long one runs FlexPrefill (its own index), the short one dense;
+    with gamma=1 both equal running each prompt alone."""
+    import lmkernels.flex_prefill as flex
+
+    built = []
+    original = flex.build_flex_index
+    monkeypatch.setattr(flex, "build_flex_index", lambda q, k, **kw: built.append(q.shape[2]) or original(q, k, **kw))
+    hf.register()
+    prompts = prompts_of([200, 60], seed=4)
+    cu = torch.tensor([0, 200, 260], dtype=torch.int32)
+    position_ids = torch.cat([torch.arange(200), torch.arange(60)])[None]
+    model.config.flex_prefill_min_len = 100
+    model.config.flex_prefill = {"gamma": 1.0, "min_budget": 0, "block_size": 16}
+    model.set_attn_implementation(hf.FLEX_ATTENTION_NAME)
+    try:
+        got = model(input_ids=torch.cat(prompts)[None], position_ids=position_ids, cu_seq_lens_q=cu, cu_seq_lens_k=cu,
+                    max_length_q=200, max_length_k=200).logits[0]
+    finally:
+        model.set_attn_implementation("sdpa")
+        del model.config.flex_prefill_min_len, model.config.flex_prefill
+    assert built == [200] * model.config.num_hidden_layers  # only the long prompt, once per layer
+    torch.testing.assert_close(got[:200], model(input_ids=prompts[0][None]).logits[0], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(got[200:], model(input_ids=prompts[1][None]).logits[0], atol=1e-4, rtol=1e-4)

@@ -100,14 +100,7 @@ def flex_prefill_attention(
         raise ValueError(f"flex_prefill_attention: shapes do not match: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
     if k.shape[1] == 0 or q.shape[1] % k.shape[1]:
         raise ValueError("flex_prefill_attention: heads_q must be a positive multiple of heads_kv")
-    if not 0.0 < gamma <= 1.0:
-        raise ValueError(f"flex_prefill_attention: gamma must be in (0, 1], got {gamma}")
-    if tau < 0:
-        raise ValueError(f"flex_prefill_attention: tau must be >= 0, got {tau}")
-    if block_size not in BLOCK_SIZES:
-        raise ValueError(f"flex_prefill_attention: block_size must be one of {BLOCK_SIZES}, got {block_size}")
-    if min_budget < 0 or (max_budget is not None and max_budget < 1):
-        raise ValueError("flex_prefill_attention: budgets must be non-negative (max_budget >= 1)")
+    _check_options("flex_prefill_attention", gamma, tau, min_budget, max_budget, block_size)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     batch, heads, n, _ = q.shape
     if n <= max(2 * block_size, min_budget):
@@ -118,6 +111,88 @@ def flex_prefill_attention(
                                         block_size=block_size, scale=scale)
         out = block_sparse_attention(q, k, v, index, block_size=block_size, scale=scale)
     return (out, stats) if return_stats else out
+
+
+def _check_options(op: str, gamma: float, tau: float, min_budget: int, max_budget: int | None, block_size: int) -> None:
+    if not 0.0 < gamma <= 1.0:
+        raise ValueError(f"{op}: gamma must be in (0, 1], got {gamma}")
+    if tau < 0:
+        raise ValueError(f"{op}: tau must be >= 0, got {tau}")
+    if block_size not in BLOCK_SIZES:
+        raise ValueError(f"{op}: block_size must be one of {BLOCK_SIZES}, got {block_size}")
+    if min_budget < 0 or (max_budget is not None and max_budget < 1):
+        raise ValueError(f"{op}: budgets must be non-negative (max_budget >= 1)")
+
+
+def flex_prefill_varlen(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    *,
+    gamma: float = 0.9,
+    tau: float = 0.1,
+    min_budget: int = 512,
+    max_budget: int | None = None,
+    block_size: int = 128,
+    min_len: int = 0,
+    scale: float | None = None,
+    return_stats: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, FlexPrefillStats]:
+    """Causal FlexPrefill over packed sequences, in the flash-attention varlen layout.
+
+    Args:
+        q: ``[total, Hq, D]``; k, v: ``[total, Hkv, D]``; sequence ``i`` is tokens
+            ``cu_seqlens[i] .. cu_seqlens[i + 1] - 1`` of each.
+        cu_seqlens: int32/int64 ``[num_seqs + 1]`` cumulative lengths from 0 to ``total``.
+        min_len: sequences shorter than this (and every sequence too short for FlexPrefill,
+            see :func:`flex_prefill_attention`) run dense causal attention, all of them in one
+            :func:`varlen_attention` call.
+        Other options as :func:`flex_prefill_attention`.
+
+    Each long sequence gets its own pattern and index (its heads, its last block) and runs
+    the block-sparse kernel on views of the packed tensors. ``return_stats`` gives
+    :class:`FlexPrefillStats` with one row per sequence (dense ones: not query-aware,
+    density 1).
+    """
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 3:
+            raise ValueError(f"flex_prefill_varlen: {name} must be a 3-D tensor [total, H, D]")
+    if k.shape != v.shape or q.shape[0] != k.shape[0] or q.shape[2] != k.shape[2]:
+        raise ValueError(f"flex_prefill_varlen: shapes do not match: q {tuple(q.shape)}, k {tuple(k.shape)}, "
+                         f"v {tuple(v.shape)}")
+    if k.shape[1] == 0 or q.shape[1] % k.shape[1]:
+        raise ValueError("flex_prefill_varlen: heads_q must be a positive multiple of heads_kv")
+    _check_options("flex_prefill_varlen", gamma, tau, min_budget, max_budget, block_size)
+    if (not isinstance(cu_seqlens, torch.Tensor) or cu_seqlens.dim() != 1 or cu_seqlens.numel() < 1
+            or cu_seqlens.dtype not in (torch.int32, torch.int64)):
+        raise TypeError("flex_prefill_varlen: cu_seqlens must be a 1-D int32/int64 tensor [num_seqs + 1]")
+    bounds = cu_seqlens.tolist()
+    if bounds[0] != 0 or bounds[-1] != q.shape[0] or any(b > a for a, b in zip(bounds[1:], bounds[:-1])):
+        raise ValueError(f"flex_prefill_varlen: cu_seqlens must rise from 0 to {q.shape[0]}, got {bounds}")
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    heads = q.shape[1]
+    threshold = max(min_len, 2 * block_size + 1, min_budget + 1)
+    out = torch.empty_like(q)
+    aware = torch.zeros(len(bounds) - 1, heads, dtype=torch.bool)
+    density = torch.ones(len(bounds) - 1, heads)
+    short = []
+    for i, (start, end) in enumerate(zip(bounds[:-1], bounds[1:])):
+        if end - start < threshold:
+            short.append((start, end))
+            continue
+        # [n, H, D] -> [1, H, n, D] views; the kernel takes any strides with a contiguous D.
+        views = [t[start:end].transpose(0, 1)[None] for t in (q, k, v)]
+        index, stats = build_flex_index(views[0], views[1], gamma=gamma, tau=tau, min_budget=min_budget,
+                                        max_budget=max_budget, block_size=block_size, scale=scale)
+        out[start:end] = block_sparse_attention(*views, index, block_size=block_size, scale=scale)[0].transpose(0, 1)
+        aware[i], density[i] = stats.query_aware[0].cpu(), stats.density[0].cpu()
+    if short:
+        rows = torch.cat([torch.arange(a, b) for a, b in short]).to(q.device)
+        lengths = torch.tensor([b - a for a, b in short])
+        cu = torch.cat([torch.zeros(1, dtype=torch.int64), lengths.cumsum(0)]).to(q.device)
+        out[rows] = varlen_attention(q[rows], k[rows], v[rows], cu, cu, scale=scale)
+    return (out, FlexPrefillStats(aware, density)) if return_stats else out
 
 
 def _dense_causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:

@@ -74,17 +74,26 @@ def flex_prefill_attention_forward(
     """transformers attention function: FlexPrefill for a prefill of at least
     ``flex_prefill_min_len`` tokens (module or model config attribute, default 4096;
     FlexPrefill options from ``config.flex_prefill`` as a dict), varlen attention otherwise
-    (short prompts, decoding, packed rows)."""
-    from .flex_prefill import flex_prefill_attention
+    (short prompts, decoding). In packed rows (``cu_seq_lens_q``), each prompt of at least
+    that length gets FlexPrefill and the rest dense attention."""
+    from .flex_prefill import flex_prefill_attention, flex_prefill_varlen
 
     config = getattr(module, "config", None)
     min_len = getattr(config, "flex_prefill_min_len", 4096)
     is_prefill = query.shape[2] == key.shape[2]
-    if not is_prefill or query.shape[2] < min_len or kwargs.get("cu_seq_lens_q") is not None:
+    cu_q, cu_k = kwargs.get("cu_seq_lens_q"), kwargs.get("cu_seq_lens_k")
+    packed_prefill = cu_q is not None and cu_k is not None and torch.equal(cu_q, cu_k)
+    long_enough = query.shape[2] >= min_len
+    if not is_prefill or not long_enough or (cu_q is not None and not packed_prefill):
         return varlen_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
     if dropout and module.training:
         raise NotImplementedError("lmkernels_flex_prefill attention has no dropout; use it for inference")
     options = dict(getattr(config, "flex_prefill", None) or {})
+    if packed_prefill:
+        batch, heads, q_len, dim = query.shape
+        flat = [t.transpose(1, 2).reshape(batch * q_len, t.shape[1], dim) for t in (query, key, value)]
+        out = flex_prefill_varlen(*flat, cu_q, min_len=min_len, scale=scaling, **options)
+        return out.view(batch, q_len, heads, dim), None
     out = flex_prefill_attention(query, key, value, scale=scaling, **options)
     return out.transpose(1, 2), None
 
