@@ -1,5 +1,6 @@
 """Sparse prefill: FlexPrefill and block_sparse_attention against dense causal attention
-(SDPA and our varlen path), on inputs with planted sparse structure.
+(SDPA and our varlen path), on inputs with planted sparse structure: fp32 H=8 at N = 4k to
+32k, GQA 32/8 in bf16 at 8k, and random inputs at 4k.
 
 flex_prefill is timed end to end (index building included) and its index building alone;
 the block-sparse kernel also runs on fixed masks (sink column, diagonal, random blocks) at
@@ -63,7 +64,7 @@ def planted_mask(heads: int, blocks: int, density: float, seed: int = 0) -> torc
 def run(quick: bool, out_dir: Path | None = None) -> list[Row]:
     rows: list[Row] = []
     block = 128
-    for n in ([4096] if quick else [4096, 8192, 16384]):
+    for n in ([4096] if quick else [4096, 8192, 16384, 32768]):
         heads, dim = 8, 128
         q, k, v = planted_inputs(1, heads, n, dim, seed=n, logit=PLANT_LOGIT)
         flat = [t[0].transpose(0, 1) for t in (q, k, v)]
@@ -84,7 +85,7 @@ def run(quick: bool, out_dir: Path | None = None) -> list[Row]:
             impls[name] = lambda gamma=gamma: flex_prefill_attention(q, k, v, gamma=gamma)
         impls["flex index only (gamma=0.9)"] = lambda: build_flex_index(q, k, **flex_kwargs)
         densities["flex index only (gamma=0.9)"] = densities["flex_prefill gamma=0.9 (index + kernel)"]
-        for target in ([0.1] if quick else [0.05, 0.1, 0.2]):
+        for target in ([0.1] if quick or n > 16384 else [0.05, 0.1, 0.2]):
             mask = planted_mask(heads, blocks, target)
             density = float(mask.sum()) / (heads * blocks * (blocks + 1) / 2)
             name = f"block sparse kernel {density:.0%}"
@@ -93,9 +94,35 @@ def run(quick: bool, out_dir: Path | None = None) -> list[Row]:
         rows += compare(CORE, f"causal N={n} H={heads} D={dim} fp32 block={block}, planted +{PLANT_LOGIT:g}", impls,
                         baseline="torch sdpa (dense)", quick=quick, min_rounds=3,
                         extra=lambda name, _ms: {"density": densities.get(name, 1.0), "rel err": errors.get(name, 0.0)})
+    rows += _gqa_bf16_case(quick)
     rows += _random_inputs_case(quick)
     rows += _real_attention_rows()
     return rows
+
+
+def _gqa_bf16_case(quick: bool) -> list[Row]:
+    """GQA 32/8 in bf16 on planted inputs: FlexPrefill end to end and its index alone
+    against SDPA (GQA by enable_gqa) and our dense varlen path."""
+    n, heads, kv_heads, dim = (4096 if quick else 8192), 32, 8, 128  # bf16 SDPA at 16k: minutes per call here
+    q, k, v = planted_inputs(1, heads, n, dim, seed=n + 1, logit=PLANT_LOGIT, dtype=torch.bfloat16)
+    k, v = k[:, ::4].contiguous(), v[:, ::4].contiguous()
+    flat = [t[0].transpose(0, 1) for t in (q, k, v)]
+    cu = torch.tensor([0, n], dtype=torch.int32)
+    dense = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=True, enable_gqa=True)
+    out, stats = flex_prefill_attention(q, k, v, gamma=0.95, return_stats=True)
+    density = float(stats.density.mean())
+    error = float((out.float() - dense).norm() / dense.norm())
+    impls = {
+        "torch sdpa (dense)": lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True),
+        "lmkernels dense": lambda: varlen_attention(*flat, cu, cu),
+        "flex_prefill gamma=0.95 (index + kernel)": lambda: flex_prefill_attention(q, k, v, gamma=0.95),
+        "flex index only (gamma=0.95)": lambda: build_flex_index(q, k, gamma=0.95, tau=0.1, min_budget=512,
+                                                                 max_budget=None, block_size=128, scale=dim ** -0.5),
+    }
+    return compare(CORE, f"causal N={n} GQA {heads}/{kv_heads} D={dim} bf16 block=128, planted +{PLANT_LOGIT:g}",
+                   impls, baseline="torch sdpa (dense)", quick=quick, min_rounds=3,
+                   extra=lambda name, _ms: {"density": density if "flex" in name else 1.0,
+                                            "rel err": error if name.startswith("flex_prefill") else 0.0})
 
 
 def _real_attention_rows() -> list[Row]:
