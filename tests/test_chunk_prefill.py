@@ -279,3 +279,16 @@ def test_ingest_stores_chunks_alone_and_cachecraft_fixes_their_first_tokens(mode
     assert torch.equal(result.chunks[1].positions, torch.arange(fixed))
     with pytest.raises(ValueError, match=r"chunks\[0\] has token ids outside"):
         flow.ingest([torch.tensor([VOCAB + 3])])
+
+
+def test_sliding_window_models_are_refused_beyond_their_window():
+    from transformers import MistralConfig, MistralForCausalLM
+
+    config = MistralConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                           num_attention_heads=2, num_key_value_heads=1, sliding_window=16,
+                           attn_implementation="sdpa", bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    mistral = MistralForCausalLM(config).eval()
+    flow = ChunkedPrefill(mistral, ChunkCache("mistral", device_bytes=1 << 24))
+    assert flow.prefill(chunks_of([6]), torch.tensor([1, 2])).prompt_tokens == 8  # inside the window
+    with pytest.raises(ValueError, match="sliding window"):
+        flow.prefill(chunks_of([20]), torch.tensor([1, 2]))

@@ -303,6 +303,11 @@ class ChunkedPrefill:
         sizes = [c.numel() for c in chunks]
         starts = [0] + torch.tensor(sizes).cumsum(0).tolist()
         total = starts[-1] + pieces[-1].numel()
+        config = self.model.config
+        window = getattr(config, "sliding_window", None)
+        if window is not None and getattr(config, "use_sliding_window", True) and total > window:
+            raise ValueError(f"ChunkedPrefill: the prompt ({total} tokens) is longer than the model's sliding window "
+                             f"({window}); spliced attention sees every earlier token, so it would not match the model")
         keys = [self.cache.chunk_key(c) for c in chunks]
         buffer = torch.zeros(2, total, self.layers, self.kv_heads, self.rope.head_dim, dtype=weight.dtype,
                              device=weight.device)
