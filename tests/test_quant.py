@@ -183,10 +183,13 @@ def test_linear_low_precision_activations(isa, dtype):
     assert nmse(got, ref) <= 5e-4
 
 
-def test_linear_every_isa_gives_the_same_bits():
-    w = student_t(37, 1000)
-    q = quant.quantize(w, group_size=32, frac_4bit=0.3)
-    x = torch.randn(6, 1000)
+@pytest.mark.parametrize("k, group_size, frac_4bit", [(1000, 32, 0.3), (2600, 32, 0.2), (2600, 64, 0.35), (3000, 128, 0.5), (2100, 256, 0.7)])
+def test_linear_every_isa_gives_the_same_bits(k, group_size, frac_4bit):
+    # More than 8 super-blocks (several vector steps of the float combination), every units-per-group
+    # case of the high plane's expansion, and rows whose 4-bit units start and end mid-quad.
+    w = student_t(37, k)
+    q = quant.quantize(w, group_size=group_size, frac_4bit=frac_4bit)
+    x = torch.randn(6, k)
     outs = {}
     for isa in lmkernels.supported_cpu_isas():
         lmkernels.set_cpu_isa(isa)

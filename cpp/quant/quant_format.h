@@ -106,8 +106,11 @@ LMK_INLINE LMK_HOST_DEVICE int64_t super_block_of_group(int64_t group, int64_t u
 LMK_INLINE LMK_HOST_DEVICE float activation_block_scale(float absmax) { return absmax / 127.0f; }
 LMK_INLINE LMK_HOST_DEVICE float activation_inverse_scale(float absmax) { return absmax > 0.0f ? 127.0f / absmax : 0.0f; }
 LMK_INLINE LMK_HOST_DEVICE int8_t activation_code(float x, float inverse_scale) {
-  const float q = rintf(x * inverse_scale);
-  return static_cast<int8_t>(q > 127.0f ? 127.0f : (q < -127.0f ? -127.0f : q));
+  // Round half to even by the 1.5 * 2^23 trick (exact for |q| < 2^22; here |q| <= 127), which
+  // vectorizes where a call to rintf does not; NaN clamps to -127 instead of an undefined cast.
+  const float q = x * inverse_scale;
+  const float r = (q + 12582912.0f) - 12582912.0f;
+  return static_cast<int8_t>(!(r > -127.0f) ? -127.0f : (r > 127.0f ? 127.0f : r));
 }
 
 // Weight k (in_features index) of row `row` dequantized; `hi_rank` is the group's position in

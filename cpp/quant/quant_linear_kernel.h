@@ -6,7 +6,8 @@
 //   ISUM_b = sum over the block's units of sc * <lo codes, x> + 4 * sc * <hi codes, x>
 //   MSUM_b = sum over the block's groups of mc * sum(x)
 // Integer sums do not depend on the order of evaluation, and the float combination above is
-// done in the same scalar order on every path, so every ISA returns the same bits.
+// done in the same 8-lane order on every path (combine_lanes), so every ISA returns the same
+// bits.
 #pragma once
 
 #include <cstdint>
@@ -29,16 +30,21 @@ struct QuantLinearArgs {
   // Quantized activations: rows of super_blocks * 256 int8 codes (zero padded), one scale per
   // super-block and one code sum per group.
   const int8_t* xq;
-  const float* xscale;
+  const float* xscale;           // [M, quant_combine_stride(S)], zero padded
   const int16_t* xsum;           // at most 256 * 127: fits int16
   int64_t rows;                  // M
   float* out;                    // [M, N]
 };
 
+// Super-block count padded to whole 8-lane vectors: the stride of per-block float arrays.
+LMK_INLINE int64_t quant_combine_stride(int64_t super_blocks) { return (super_blocks + 7) / 8 * 8; }
+
 // Per-thread scratch a kernel needs for out_features rows [begin, end), in bytes.
 LMK_INLINE int64_t quant_linear_scratch_bytes(const QuantShape& s) {
-  // decoded unit scales (int16), decoded (d, dmin) floats, per-block lanes and sums of 4 rows.
-  return s.units * 2 + s.super_blocks * 8 + kQuantRowChunk * s.super_blocks * (32 + 8) + 4 * 32;
+  // the expanded high plane (one spare unit), (d, dmin) pairs, block sums of 4 rows, the
+  // written-unit list and the unit scales, each rounded up to 32 bytes.
+  const int64_t S8 = quant_combine_stride(s.super_blocks);
+  return (s.units + 1) * kQuantUnit + S8 * 8 + 2 * kQuantRowChunk * S8 * 4 + (s.hi_units + 1) * 4 + s.units * 2 + 6 * 32;
 }
 
 // Computes out[:, begin:end]; returns false if a hi_groups entry was out of range (its
@@ -46,16 +52,5 @@ LMK_INLINE int64_t quant_linear_scratch_bytes(const QuantShape& s) {
 bool quant_linear_rows_scalar(const QuantLinearArgs& args, int64_t begin, int64_t end, void* scratch);
 bool quant_linear_rows_avx2(const QuantLinearArgs& args, int64_t begin, int64_t end, void* scratch);
 bool quant_linear_rows_avx512(const QuantLinearArgs& args, int64_t begin, int64_t end, void* scratch);
-
-// The last step of every path: the float sum over super-blocks of one output.
-LMK_INLINE float combine_super_blocks(const int32_t* isum, const int32_t* msum, const float* d_dmin,
-                                      const float* xscale, int64_t blocks) {
-  float y = 0.0f;
-  for (int64_t b = 0; b < blocks; ++b) {
-    const float t = d_dmin[2 * b] * static_cast<float>(isum[b]) - d_dmin[2 * b + 1] * static_cast<float>(msum[b]);
-    y = y + xscale[b] * t;
-  }
-  return y;
-}
 
 }  // namespace lmkernels

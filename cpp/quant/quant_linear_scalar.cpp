@@ -5,34 +5,45 @@ namespace lmkernels {
 namespace {
 
 struct ScalarOps {
-  static int32_t dot(const uint8_t* quad, int index, const int8_t* x) {
-    int32_t sum = 0;
-    for (int i = 0; i < kQuantUnit; ++i) sum += unit_code(quad, index, i) * x[i];
-    return sum;
+  template <int UPG>
+  static void expand_high(const uint8_t* plane, uint64_t first, int64_t count, const int16_t* hi_groups, int64_t dummy,
+                          uint8_t* high, int32_t* written) {
+    for (int64_t i = 0; i < count; ++i) {
+      const int64_t unit = hi_groups[i / UPG] * UPG + i % UPG;
+      const uint64_t h = first + static_cast<uint64_t>(i);
+      for (int j = 0; j < kQuantUnit; ++j) {
+        high[unit * kQuantUnit + j] = static_cast<uint8_t>(
+            4 * unit_code(plane + h / kQuantQuadUnits * kQuantQuadBytes, static_cast<int>(h % kQuantQuadUnits), j));
+      }
+      written[i] = static_cast<int32_t>(unit);
+    }
   }
 
-  template <int MC>
-  static void unit_dots(const uint8_t* quad, int index, const int8_t* const* x, int scale, int32_t* const* lanes) {
-    for (int m = 0; m < MC; ++m) lanes[m][0] += scale * dot(quad, index, x[m]);
-  }
+  static void clear_unit(uint8_t* unit) { std::memset(unit, 0, kQuantUnit); }
 
   template <int MC>
-  static void block_dots(const uint8_t* quads, const int8_t* const* x, const int16_t* unit_scales, int units,
-                         const int32_t* const* lanes, int32_t* dots) {
+  static void block_dots(const uint8_t* quads, const uint8_t* high, const int8_t* const* x, const int16_t* unit_scales,
+                         int units, int32_t* dots) {
     for (int m = 0; m < MC; ++m) {
       int32_t sum = 0;
-      for (int l = 0; l < 8; ++l) sum += lanes[m][l];
       for (int u = 0; u < units; ++u) {
-        sum += unit_scales[u] * dot(quads + u / kQuantQuadUnits * kQuantQuadBytes, u % kQuantQuadUnits, x[m] + u * kQuantUnit);
+        int32_t dot = 0;
+        for (int j = 0; j < kQuantUnit; ++j) {
+          const int code = unit_code(quads + u / kQuantQuadUnits * kQuantQuadBytes, u % kQuantQuadUnits, j) | high[u * kQuantUnit + j];
+          dot += code * x[m][u * kQuantUnit + j];
+        }
+        sum += unit_scales[u] * dot;
       }
       dots[m] = sum;
     }
   }
 
-  static int32_t min_dot(const uint8_t* scales, const int16_t* xsum, int groups) {
-    int32_t sum = 0;
-    for (int g = 0; g < groups; ++g) sum += min_code(scales[g]) * xsum[g];
-    return sum;
+  static void min_sums(const uint8_t* scales, const int16_t* xsum, const QuantShape& s, int32_t* msum) {
+    min_sums_scalar(scales, xsum, s, 0, msum);
+  }
+
+  static float combine(const int32_t* isum, const int32_t* msum, const float* d_dmin, const float* xscale, int64_t S) {
+    return combine_lanes(isum, msum, d_dmin, xscale, S);
   }
 
   static void decode_unit_scales(const uint8_t* scales, int64_t groups, int64_t units_per_group, int16_t* out) {
