@@ -34,6 +34,22 @@ Args engine_args(const at::Tensor& q, const at::Tensor& k32, const at::Tensor& v
   return args;
 }
 
+Args packed_engine_args(const at::Tensor& q, const at::Tensor& k32, const at::Tensor& v32, at::Tensor& out,
+                        at::Tensor* lse, bool causal, double scale) {
+  Args args = engine_args(q, k32, v32, out, lse, causal, scale);
+  args.lse_stride_token = q.size(1);
+  args.lse_stride_head = 1;
+  args.q_stride_token = q.stride(0);
+  args.q_stride_head = q.stride(1);
+  args.k_stride_token = k32.stride(0);
+  args.k_stride_head = k32.stride(1);
+  args.v_stride_token = v32.stride(0);
+  args.v_stride_head = v32.stride(1);
+  args.out_stride_token = out.stride(0);
+  args.out_stride_head = out.stride(1);
+  return args;
+}
+
 void run_schedule(const Args& args, const std::vector<WorkItem>& items, const std::vector<int64_t>& cost) {
   if (items.empty()) return;
   std::vector<int64_t> order(items.size());

@@ -14,6 +14,12 @@ namespace lmkernels::attention {
 Args engine_args(const at::Tensor& q, const at::Tensor& k32, const at::Tensor& v32, at::Tensor& out,
                  at::Tensor* lse, bool causal, double scale);
 
+// engine_args for the packed (flash-attention varlen) layout: q, out [total_q, H, D] and
+// k32, v32 [total_k, Hkv, D], with each tensor's token and head strides (lse, when given,
+// is [total_q, H]).
+Args packed_engine_args(const at::Tensor& q, const at::Tensor& k32, const at::Tensor& v32, at::Tensor& out,
+                        at::Tensor* lse, bool causal, double scale);
+
 // Items are handed out to at::parallel_for threads heaviest first (by `cost`), one at a time:
 // the longest-processing-time rule keeps every thread busy to the end, even with one long
 // sequence among many short ones. `items` must hold at most positions_per_item(group)

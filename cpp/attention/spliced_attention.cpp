@@ -43,7 +43,7 @@ at::Tensor spliced_attention_cpu(const at::Tensor& q, const at::Tensor& k, const
   if (total_q == 0) return out;
   const at::Tensor k32 = k.to(at::kFloat);
   const at::Tensor v32 = v.to(at::kFloat);
-  Args args = engine_args(q, k32, v32, out, nullptr, /*causal=*/true, scale);
+  Args args = packed_engine_args(q, k32, v32, out, nullptr, /*causal=*/true, scale);
   const int64_t zero = 0;
   const int64_t cu_q[2] = {0, total_q}, cu_k[2] = {0, k.size(0)};
   args.q_base = &zero;
@@ -51,14 +51,6 @@ at::Tensor spliced_attention_cpu(const at::Tensor& q, const at::Tensor& k, const
   args.cu_seqlens_q = cu_q;
   args.cu_seqlens_k = cu_k;
   args.q_pos = pos.data();
-  args.q_stride_token = q.stride(0);
-  args.q_stride_head = q.stride(1);
-  args.k_stride_token = k32.stride(0);
-  args.k_stride_head = k32.stride(1);
-  args.v_stride_token = v32.stride(0);
-  args.v_stride_head = v32.stride(1);
-  args.out_stride_token = out.stride(0);
-  args.out_stride_head = out.stride(1);
 
   // One key span per item, up to the last key its latest query sees.
   const int64_t step = positions_per_item(heads_q / heads_kv);

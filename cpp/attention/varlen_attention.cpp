@@ -92,19 +92,9 @@ std::tuple<at::Tensor, at::Tensor> varlen_attention_cpu(const at::Tensor& q, con
   // every visit (a no-op for fp32 inputs).
   const at::Tensor k32 = k.to(at::kFloat);
   const at::Tensor v32 = v.to(at::kFloat);
-  Args args = engine_args(q, k32, v32, out, return_lse ? &lse : nullptr, causal, scale);
+  Args args = packed_engine_args(q, k32, v32, out, return_lse ? &lse : nullptr, causal, scale);
   args.q_base = cu_q.data();
   args.k_base = cu_k.data();
-  args.lse_stride_token = heads_q;
-  args.lse_stride_head = 1;
-  args.q_stride_token = q.stride(0);
-  args.q_stride_head = q.stride(1);
-  args.k_stride_token = k32.stride(0);
-  args.k_stride_head = k32.stride(1);
-  args.v_stride_token = v32.stride(0);
-  args.v_stride_head = v32.stride(1);
-  args.out_stride_token = out.stride(0);
-  args.out_stride_head = out.stride(1);
   args.cu_seqlens_q = cu_q.data();
   args.cu_seqlens_k = cu_k.data();
 

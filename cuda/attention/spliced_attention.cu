@@ -14,14 +14,10 @@
 namespace lmkernels::attention {
 namespace {
 
-struct Strides {
-  int64_t q_token, q_head, k_token, k_head, v_token, v_head, o_token, o_head;
-};
-
 template <StorageDtype D>
 __global__ void spliced_attention_kernel(const void* q, const void* k, const void* v, void* out,
                                          const int64_t* positions, int64_t total_q, int64_t heads_q,
-                                         int64_t heads_kv, int64_t dim, Strides st, float scale_log2) {
+                                         int64_t heads_kv, int64_t dim, PackedStrides st, float scale_log2) {
   const int64_t row = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / kWarp;
   if (row >= total_q * heads_q) return;
   const int64_t token = row / heads_q;
@@ -45,8 +41,7 @@ at::Tensor spliced_attention_cuda(const at::Tensor& q, const at::Tensor& k, cons
   at::Tensor out = at::empty({total_q, heads_q, dim}, q.options());
   if (total_q == 0) return out;
   const at::Tensor positions = q_positions.to(q.device(), at::kLong).contiguous();
-  const Strides st{q.stride(0), q.stride(1), k.stride(0), k.stride(1),
-                   v.stride(0), v.stride(1), out.stride(0), out.stride(1)};
+  const PackedStrides st = packed_strides(q, k, v, out);
   const int threads = 128;
   const int64_t blocks = (total_q * heads_q * kWarp + threads - 1) / threads;
   TORCH_CHECK(blocks < (int64_t(1) << 31), "spliced_attention: too many query rows for one launch");

@@ -18,15 +18,11 @@
 namespace lmkernels::attention {
 namespace {
 
-struct Strides {
-  int64_t q_token, q_head, k_token, k_head, v_token, v_head, o_token, o_head;
-};
-
 template <StorageDtype D>
 __global__ void varlen_attention_kernel(const void* q, const void* k, const void* v, void* out,
                                         float* lse, const int64_t* cu_q, const int64_t* cu_k,
                                         int64_t batch, int64_t total_q, int64_t heads_q,
-                                        int64_t heads_kv, int64_t dim, Strides st, bool causal,
+                                        int64_t heads_kv, int64_t dim, PackedStrides st, bool causal,
                                         float scale_log2) {
   const int64_t row = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / kWarp;
   if (row >= total_q * heads_q) return;
@@ -70,8 +66,7 @@ std::tuple<at::Tensor, at::Tensor> varlen_attention_cuda(const at::Tensor& q, co
   if (total_q == 0) return {out, lse};
   const at::Tensor cu_q = cu_seqlens_q.to(at::kLong).contiguous();
   const at::Tensor cu_k = cu_seqlens_k.to(at::kLong).contiguous();
-  const Strides st{q.stride(0), q.stride(1), k.stride(0), k.stride(1),
-                   v.stride(0), v.stride(1), out.stride(0), out.stride(1)};
+  const PackedStrides st = packed_strides(q, k, v, out);
   const int threads = 128;
   const int64_t rows = total_q * heads_q;
   const int64_t blocks = (rows * kWarp + threads - 1) / threads;

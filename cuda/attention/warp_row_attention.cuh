@@ -18,6 +18,16 @@ constexpr int kMaxPerLane = 16;  // head_dim <= 512
 template <StorageDtype D>
 constexpr int64_t elem_bytes() { return D == StorageDtype::kFloat32 ? 4 : 2; }
 
+// Token and head strides of the packed layout: q, out [tokens, H, D] and k, v [tokens, Hkv, D].
+struct PackedStrides {
+  int64_t q_token, q_head, k_token, k_head, v_token, v_head, o_token, o_head;
+};
+
+template <class Tensor>
+PackedStrides packed_strides(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out) {
+  return {q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), out.stride(0), out.stride(1)};
+}
+
 template <StorageDtype D>
 struct WarpRowAttention {
   float q[kMaxPerLane], acc[kMaxPerLane];

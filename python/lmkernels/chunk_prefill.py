@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +34,7 @@ from .attention import spliced_attention
 from .chunk_cache import kv_deviation, scatter_kv_, select_tokens
 from .chunk_reuse import cache_fix_overhead, contextual_impact
 from .chunk_store import ChunkCache
+from .hf import use_attention
 from .rope import RopeConfig, rope_rerotate_
 
 ATTENTION_NAME = "lmkernels_chunk_splice"
@@ -96,19 +97,6 @@ def _splice_attention(module, query, key, value, attention_mask, dropout=0.0, sc
     if state.stats_rows.numel():
         state.measure(query, key, scale)
     return out[None], None
-
-
-@contextlib.contextmanager
-def _spliced_attention(model: torch.nn.Module) -> Iterator[None]:
-    from transformers import AttentionInterface
-
-    AttentionInterface.register(ATTENTION_NAME, _splice_attention)
-    previous = model.config._attn_implementation
-    model.set_attn_implementation(ATTENTION_NAME)
-    try:
-        yield
-    finally:
-        model.set_attn_implementation(previous)
 
 
 class _SpliceState:
@@ -420,7 +408,7 @@ class ChunkedPrefill:
         ids = torch.cat(pieces).to(device)
         hidden = inner.embed_tokens(ids[state.active])[None]
         positions = state.active.to(device)[None]
-        with _spliced_attention(model):
+        with use_attention(model, ATTENTION_NAME, _splice_attention):
             position_embeddings = inner.rotary_emb(hidden, positions)
             for layer in inner.layers:
                 hidden = layer(hidden, attention_mask=None, position_ids=positions, past_key_values=state,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
@@ -109,15 +109,27 @@ def register() -> str:
 
 
 @contextlib.contextmanager
-def use_varlen_attention(model: torch.nn.Module) -> Iterator[None]:
-    """Run `model` with lmkernels varlen attention inside the block, then restore its own."""
-    register()
+def use_attention(model: torch.nn.Module, name: str, function: Callable | None = None) -> Iterator[None]:
+    """Run `model` with the attention implementation `name` inside the block (registering
+    `function` under it first when given), then restore the model's own."""
+    if function is not None:
+        from transformers import AttentionInterface
+
+        AttentionInterface.register(name, function)
     previous = model.config._attn_implementation
-    model.set_attn_implementation(ATTENTION_NAME)
+    model.set_attn_implementation(name)
     try:
         yield
     finally:
         model.set_attn_implementation(previous)
+
+
+@contextlib.contextmanager
+def use_varlen_attention(model: torch.nn.Module) -> Iterator[None]:
+    """Run `model` with lmkernels varlen attention inside the block, then restore its own."""
+    register()
+    with use_attention(model, ATTENTION_NAME):
+        yield
 
 
 @dataclass
