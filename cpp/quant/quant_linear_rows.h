@@ -146,7 +146,6 @@ void row_chunk(const QuantLinearArgs& a, int64_t n, int64_t m0, const RowScratch
     int32_t* isum = rs.isum + m * S8;
     int32_t* msum = rs.msum + m * S8;
     Ops::min_sums(scales, a.xsum + (m0 + m) * s.groups, s, msum);
-    for (int64_t b = S; b < S8; ++b) isum[b] = msum[b] = 0;
     float y = Ops::combine(isum, msum, rs.d_dmin, a.xscale + (m0 + m) * S8, S);
     if (a.bias) y = y + a.bias[n];
     a.out[(m0 + m) * s.out_features + n] = y;
@@ -159,6 +158,8 @@ bool quant_rows(const QuantLinearArgs& a, int64_t begin, int64_t end, void* scra
   const RowScratch rs = carve_scratch(s, scratch);
   const int64_t S8 = quant_combine_stride(s.super_blocks);
   for (int64_t i = 2 * s.super_blocks; i < 2 * S8; ++i) rs.d_dmin[i] = 0.0f;
+  // The padding lanes of the block sums: nothing writes past S, so once per call suffices.
+  for (int64_t i = 0; i < kQuantRowChunk * S8; ++i) rs.isum[i] = rs.msum[i] = 0;
   std::memset(rs.high, 0, static_cast<size_t>(s.units * kQuantUnit));
   int64_t written = 0;
   bool ok = true;
