@@ -63,6 +63,26 @@ def test_matches_sdpa_on_one_long_sequence(device):
     torch.testing.assert_close(out, sdpa[0].transpose(0, 1), atol=2e-5, rtol=2e-5)
 
 
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("layout", ["fused_qkv", "misaligned_rows"])
+@pytest.mark.parametrize("heads_q,heads_kv,dim", [(8, 2, 64), (64, 1, 64), (3, 1, 200)])
+def test_half_precision_strided_and_grouped(device, dtype, layout, heads_q, heads_kv, dim):
+    """On CUDA these run the tiled tensor-core kernel: rows packed from many heads of one KV
+    group (up to 64), head dims padded to the tile, rows read by cp.async (fused qkv) or
+    element by element (rows that do not start 16-byte aligned)."""
+    lengths = [1, 129, 64, 7, 300]
+    total, width = sum(lengths), (heads_q + 2 * heads_kv) * dim
+    extra = 1 if layout == "misaligned_rows" else 0
+    qkv = torch.randn(total, width + extra).to(dtype).to(device)[:, extra:].unflatten(1, (-1, dim))
+    q, k, v = qkv[:, :heads_q], qkv[:, heads_q:heads_q + heads_kv], qkv[:, heads_q + heads_kv:]
+    cu_q = cu(lengths, device)
+    out, lse = varlen_attention(q, k, v, cu_q, cu_q, return_lse=True)
+    want_out, want_lse = reference.varlen_attention(q.cpu(), k.cpu(), v.cpu(), cu_q.cpu(), cu_q.cpu(), True)
+    torch.testing.assert_close(out.cpu(), want_out, atol=TOL[dtype], rtol=TOL[dtype])
+    torch.testing.assert_close(lse.cpu(), want_lse, atol=1e-4, rtol=1e-5)
+
+
 @pytest.mark.parametrize("lengths", [[1], [1] * 33, [0, 5, 0], [300] + [1] * 20, [64, 64, 64]])
 def test_odd_lengths(isa, lengths):
     q, k, v, cu_q, cu_k = packed(lengths, lengths, 4, 2, 64, torch.float32)

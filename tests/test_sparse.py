@@ -54,6 +54,27 @@ def test_block_sizes_and_dtypes(isa, dtype, bs):
     torch.testing.assert_close(out, want, atol=TOL[dtype], rtol=TOL[dtype])
 
 
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("bs", [16, 64, 128, 256])
+@pytest.mark.parametrize("heads_q,heads_kv,dim", [(8, 2, 128), (64, 1, 64), (3, 3, 80)])
+def test_half_precision_groups_and_block_sizes(device, dtype, bs, heads_q, heads_kv, dim):
+    """On CUDA these run the tiled tensor-core kernel: each item merges its group's block lists
+    (heads list different blocks), blocks smaller and larger than the 64-key tile, a partial
+    last block, and a head dim (80) padded to the tile and read element by element."""
+    n = 333
+    blocks = -(-n // bs)
+    q = torch.randn(2, heads_q, n, dim).to(dtype).to(device)
+    k, v = (torch.randn(2, heads_kv, n, dim).to(dtype).to(device) for _ in range(2))
+    mask = random_mask(2, heads_q, blocks, 0.4, True, seed=bs + heads_q)
+    mask[..., 0] = True  # every query block sees the sink: no empty rows to compare
+    index = BlockIndex.from_mask(mask)
+    out, lse = block_sparse_attention(q, k, v, tuple(t.to(device) for t in index), block_size=bs, return_lse=True)
+    want, want_lse = reference.block_sparse_attention(q.cpu(), k.cpu(), v.cpu(), mask, bs, True)
+    torch.testing.assert_close(out.cpu(), want, atol=TOL[dtype], rtol=TOL[dtype])
+    torch.testing.assert_close(lse.cpu(), want_lse, atol=1e-4, rtol=1e-5)
+
+
 def test_all_blocks_equal_dense_causal_attention():
     q, k, v = (torch.randn(2, 8, 200, 64) for _ in range(3))
     blocks = -(-200 // 64)

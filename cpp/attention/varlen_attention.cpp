@@ -9,6 +9,7 @@
 
 #include "attention/engine.h"
 #include "attention/engine_driver.h"
+#include "attention/schedule.h"
 
 namespace lmkernels::attention {
 
@@ -98,28 +99,8 @@ std::tuple<at::Tensor, at::Tensor> varlen_attention_cpu(const at::Tensor& q, con
   args.cu_seqlens_q = cu_q.data();
   args.cu_seqlens_k = cu_k.data();
 
-  // Varlen-causal schedule: one key span per item, up to the item's last visible key.
-  const int64_t group = heads_q / heads_kv;
-  const int64_t step = positions_per_item(group);
-  std::vector<WorkItem> items;
-  std::vector<KeySpan> spans;
-  std::vector<int64_t> cost;
-  const int64_t batch = static_cast<int64_t>(cu_q.size()) - 1;
-  for (int64_t b = 0; b < batch; ++b) {
-    const int64_t len_q = cu_q[b + 1] - cu_q[b];
-    const int64_t len_k = cu_k[b + 1] - cu_k[b];
-    for (int64_t qb = 0; qb < len_q; qb += step) {
-      const int64_t qe = std::min(len_q, qb + step);
-      const int64_t key_end = causal ? std::clamp<int64_t>(qe + len_k - len_q, 0, len_k) : len_k;
-      for (int64_t h = 0; h < heads_kv; ++h) {
-        items.push_back({b, h, qb, qe, nullptr, 1, nullptr});
-        spans.push_back({0, key_end});
-        cost.push_back((qe - qb) * (key_end + kKeyTile));
-      }
-    }
-  }
-  for (size_t i = 0; i < items.size(); ++i) items[i].spans = &spans[i];
-  run_schedule(args, items, cost);
+  const Schedule schedule = varlen_schedule(cu_q, cu_k, heads_kv, causal, positions_per_item(heads_q / heads_kv));
+  run_schedule(args, schedule.items, schedule.cost);
   return {out, lse};
 }
 

@@ -1,8 +1,9 @@
 // block_sparse_attention on CPU: the attention engine driven by a CSR block schedule.
 //
 // Each (batch, KV head, query block) becomes work items whose key spans are the union of the
-// blocks listed for the group's query heads; a span listed by only some heads carries a head
-// mask, so K/V tiles are still read once per group (the reference re-reads them per head).
+// blocks listed for the group's query heads (attention/schedule.h); a span listed by only some
+// heads carries a head mask, so K/V tiles are still read once per group (the reference re-reads
+// them per head).
 #include "sparse/block_sparse_attention.h"
 
 #include <ATen/ops/empty.h>
@@ -13,12 +14,11 @@
 
 #include "attention/engine.h"
 #include "attention/engine_driver.h"
+#include "attention/schedule.h"
 
 namespace lmkernels::sparse {
 
 using attention::Args;
-using attention::KeySpan;
-using attention::WorkItem;
 
 BlockIndex check_block_sparse_args(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                    const at::Tensor& crow, const at::Tensor& col, int64_t block_size,
@@ -93,7 +93,7 @@ std::tuple<at::Tensor, at::Tensor> block_sparse_attention_cpu(const at::Tensor& 
                                                               bool causal, double scale, bool return_lse) {
   const BlockIndex index = check_block_sparse_args(q, k, v, crow, col, block_size, scale);
   const int64_t batch = q.size(0), heads_q = q.size(1), tokens = q.size(2), dim = q.size(3);
-  const int64_t heads_kv = k.size(1), group = heads_q / heads_kv;
+  const int64_t heads_kv = k.size(1);
   at::Tensor out = at::empty({batch, heads_q, tokens, dim}, q.options());
   at::Tensor lse = at::empty({return_lse ? batch : 0, heads_q, tokens}, q.options().dtype(at::kFloat));
   if (out.numel() == 0) return {out, lse};
@@ -113,65 +113,10 @@ std::tuple<at::Tensor, at::Tensor> block_sparse_attention_cpu(const at::Tensor& 
   args.cu_seqlens_q = cu.data();
   args.cu_seqlens_k = cu.data();
 
-  // Per (batch, KV head, query block): merge the group's sorted block lists into spans of
-  // consecutive blocks seen by the same heads. Spans and masks are stored by offset first,
-  // pointers are taken once the vectors stop growing.
-  const uint64_t all_heads = group == 64 ? ~uint64_t{0} : (uint64_t{1} << group) - 1;
-  const int64_t step = attention::positions_per_item(group);
-  std::vector<KeySpan> spans;
-  std::vector<uint64_t> masks;
-  std::vector<WorkItem> items;
-  std::vector<int64_t> span_start, cost;
-  std::vector<char> needs_heads;  // per item: some span is not seen by every head of the group
-  std::vector<int64_t> cursor(group);
-  for (int64_t b = 0; b < batch; ++b) {
-    for (int64_t h = 0; h < heads_kv; ++h) {
-      for (int64_t i = 0; i < index.blocks; ++i) {
-        const int64_t first_span = static_cast<int64_t>(spans.size());
-        int64_t keys = 0;
-        for (int64_t g = 0; g < group; ++g) cursor[g] = index.crow[((b * heads_q) + h * group + g) * (index.blocks + 1) + i];
-        while (true) {
-          int64_t block = index.blocks;
-          for (int64_t g = 0; g < group; ++g) {
-            const int64_t bh = b * heads_q + h * group + g;
-            if (cursor[g] < index.crow[bh * (index.blocks + 1) + i + 1]) block = std::min(block, index.col[bh * index.width + cursor[g]]);
-          }
-          if (block == index.blocks) break;
-          uint64_t seen = 0;
-          for (int64_t g = 0; g < group; ++g) {
-            const int64_t bh = b * heads_q + h * group + g;
-            if (cursor[g] < index.crow[bh * (index.blocks + 1) + i + 1] && index.col[bh * index.width + cursor[g]] == block) {
-              seen |= uint64_t{1} << g;
-              ++cursor[g];
-            }
-          }
-          if (causal && block > i) continue;  // entirely above the diagonal
-          const int64_t begin = block * block_size, end = std::min(tokens, begin + block_size);
-          if (static_cast<int64_t>(spans.size()) > first_span && spans.back().end == begin && masks.back() == seen) {
-            spans.back().end = end;
-          } else {
-            spans.push_back({begin, end});
-            masks.push_back(seen);
-          }
-          keys += end - begin;
-        }
-        const bool every_head = std::all_of(masks.begin() + first_span, masks.end(), [&](uint64_t m) { return m == all_heads; });
-        const int64_t q_end = std::min(tokens, (i + 1) * block_size);
-        for (int64_t qb = i * block_size; qb < q_end; qb += step) {
-          const int64_t qe = std::min(q_end, qb + step);
-          items.push_back({b, h, qb, qe, nullptr, static_cast<int64_t>(spans.size()) - first_span, nullptr});
-          span_start.push_back(first_span);
-          needs_heads.push_back(!every_head);
-          cost.push_back((qe - qb) * group * (keys + attention::kKeyTile));
-        }
-      }
-    }
-  }
-  for (size_t n = 0; n < items.size(); ++n) {
-    items[n].spans = spans.data() + span_start[n];
-    items[n].span_heads = needs_heads[n] ? masks.data() + span_start[n] : nullptr;
-  }
-  attention::run_schedule(args, items, cost);
+  const attention::Schedule schedule = attention::block_sparse_schedule(
+      index.crow.data(), index.col.data(), index.blocks, index.width, batch, heads_q, heads_kv, tokens, block_size,
+      causal, attention::positions_per_item(heads_q / heads_kv));
+  attention::run_schedule(args, schedule.items, schedule.cost);
   return {out, lse};
 }
 

@@ -1,7 +1,7 @@
-// varlen_attention on CUDA, correctness-first: one warp per (query token, query head)
-// (warp_row_attention.cuh), online softmax in fp32 as on CPU. Same checks, same
-// masking convention (causal aligned bottom right), same outputs (0 and -inf LSE for rows
-// that see no key). An FA2-style tiled kernel for the same schedule is the next step.
+// varlen_attention on CUDA. fp16/bf16 run the FA2-style tiled engine (tile_attention.cuh) on
+// the CPU engine's varlen schedule; fp32 (and head_dim > 256) keep the exact kernel of one warp
+// per (query token, query head) (warp_row_attention.cuh). Same checks, same masking convention
+// (causal aligned bottom right), same outputs (0 and -inf LSE for rows that see no key).
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAException.h>
@@ -11,6 +11,7 @@
 
 #include <cmath>
 
+#include "attention/tile_attention.h"
 #include "attention/varlen_attention.h"
 #include "attention/warp_row_attention.cuh"
 #include "lmkernels/torch_dtype.h"
@@ -58,12 +59,33 @@ std::tuple<at::Tensor, at::Tensor> varlen_attention_cuda(const at::Tensor& q, co
                                                          const at::Tensor& cu_seqlens_q,
                                                          const at::Tensor& cu_seqlens_k, bool causal,
                                                          double scale, bool return_lse) {
-  check_varlen_args(q, k, v, cu_seqlens_q, cu_seqlens_k, scale);
+  const auto [cu_q_host, cu_k_host] = check_varlen_args(q, k, v, cu_seqlens_q, cu_seqlens_k, scale);
   const c10::cuda::CUDAGuard guard(q.device());
   const int64_t total_q = q.size(0), heads_q = q.size(1), dim = q.size(2);
   at::Tensor out = at::empty({total_q, heads_q, dim}, q.options());
   at::Tensor lse = at::empty({return_lse ? total_q : 0, heads_q}, q.options().dtype(at::kFloat));
   if (total_q == 0) return {out, lse};
+  const int64_t group = heads_q / k.size(1);
+  if (tile_attention_applies(q, group)) {
+    TileLayout layout;
+    for (size_t b = 0; b + 1 < cu_q_host.size(); ++b) {
+      layout.q_off.push_back(cu_q_host[b] * q.stride(0));
+      layout.k_off.push_back(cu_k_host[b] * k.stride(0));
+      layout.v_off.push_back(cu_k_host[b] * v.stride(0));
+      layout.o_off.push_back(cu_q_host[b] * out.stride(0));
+      layout.lse_off.push_back(cu_q_host[b] * heads_q);
+      layout.len_q.push_back(cu_q_host[b + 1] - cu_q_host[b]);
+      layout.len_k.push_back(cu_k_host[b + 1] - cu_k_host[b]);
+    }
+    layout.q_tok = q.stride(0), layout.q_head = q.stride(1);
+    layout.k_tok = k.stride(0), layout.k_head = k.stride(1);
+    layout.v_tok = v.stride(0), layout.v_head = v.stride(1);
+    layout.o_tok = out.stride(0), layout.o_head = out.stride(1);
+    layout.lse_tok = heads_q, layout.lse_head = 1;
+    const Schedule schedule = varlen_schedule(cu_q_host, cu_k_host, k.size(1), causal, tile_positions(group));
+    run_tile_attention(q, k, v, out, return_lse ? lse.data_ptr<float>() : nullptr, schedule, layout, causal, scale);
+    return {out, lse};
+  }
   const at::Tensor cu_q = cu_seqlens_q.to(at::kLong).contiguous();
   const at::Tensor cu_k = cu_seqlens_k.to(at::kLong).contiguous();
   const PackedStrides st = packed_strides(q, k, v, out);

@@ -1,6 +1,8 @@
-// block_sparse_attention on CUDA, correctness-first: one warp per (batch, query head, query
-// token) walks the key blocks its query block lists (warp_row_attention.cuh). The FA2-style
-// tiled kernel with cp.async prefetch and K/V shared across a GQA group is the next step.
+// block_sparse_attention on CUDA. fp16/bf16 run the FA2-style tiled engine
+// (attention/tile_attention.cuh: cp.async prefetch of the next listed K/V tile, each tile read
+// once per GQA group) on the CPU engine's CSR schedule; fp32 (and head_dim > 256) keep the exact
+// kernel of one warp per (batch, query head, query token) walking the blocks its query block
+// lists (warp_row_attention.cuh).
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAException.h>
@@ -8,6 +10,8 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include "attention/schedule.h"
+#include "attention/tile_attention.h"
 #include "attention/warp_row_attention.cuh"
 #include "lmkernels/torch_dtype.h"
 #include "sparse/block_sparse_attention.h"
@@ -65,6 +69,30 @@ std::tuple<at::Tensor, at::Tensor> block_sparse_attention_cuda(const at::Tensor&
   at::Tensor out = at::empty({batch, heads_q, tokens, dim}, q.options());
   at::Tensor lse = at::empty({return_lse ? batch : 0, heads_q, tokens}, q.options().dtype(at::kFloat));
   if (out.numel() == 0) return {out, lse};
+  const int64_t heads_kv = k.size(1), group = heads_q / heads_kv;
+  if (attention::tile_attention_applies(q, group)) {
+    attention::TileLayout layout;
+    for (int64_t b = 0; b < batch; ++b) {
+      layout.q_off.push_back(b * q.stride(0));
+      layout.k_off.push_back(b * k.stride(0));
+      layout.v_off.push_back(b * v.stride(0));
+      layout.o_off.push_back(b * out.stride(0));
+      layout.lse_off.push_back(b * heads_q * tokens);
+      layout.len_q.push_back(tokens);
+      layout.len_k.push_back(tokens);
+    }
+    layout.q_tok = q.stride(2), layout.q_head = q.stride(1);
+    layout.k_tok = k.stride(2), layout.k_head = k.stride(1);
+    layout.v_tok = v.stride(2), layout.v_head = v.stride(1);
+    layout.o_tok = out.stride(2), layout.o_head = out.stride(1);
+    layout.lse_tok = 1, layout.lse_head = tokens;
+    const attention::Schedule schedule =
+        attention::block_sparse_schedule(index.crow.data(), index.col.data(), index.blocks, index.width, batch,
+                                         heads_q, heads_kv, tokens, block_size, causal, attention::tile_positions(group));
+    attention::run_tile_attention(q, k, v, out, return_lse ? lse.data_ptr<float>() : nullptr, schedule, layout,
+                                  causal, scale);
+    return {out, lse};
+  }
   const at::Tensor crow_dev = crow.to(at::kLong).contiguous();
   const at::Tensor col_dev = col.to(at::kLong).contiguous();
   const Strides st{{q.stride(0), q.stride(1), q.stride(2)}, {k.stride(0), k.stride(1), k.stride(2)},
