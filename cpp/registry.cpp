@@ -31,6 +31,8 @@ TORCH_LIBRARY(lmkernels, m) {
   // y = x @ W^T (+ bias) with W packed; x [..., K] float32/bfloat16/float16 -> [..., N] in x's dtype.
   m.def("quant_linear(Tensor x, Tensor codes_lo, Tensor codes_hi, Tensor hi_groups, Tensor scales, Tensor super_scales, Tensor? bias, int in_features, int group_size) -> Tensor");
   m.def("flex_pattern_scores(Tensor q, Tensor k, int block_size, float scale) -> (Tensor, Tensor, Tensor, Tensor)");
+  // flex_pattern_scores as device-side tensor ops: the CUDA impl's formulation, registered for testing on CPU too.
+  m.def("_flex_pattern_scores_tensor_ops(Tensor q, Tensor k, int block_size, float scale) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def("flex_select_blocks(Tensor vertical, Tensor slash, Tensor block_attn, Tensor query_aware, float gamma, int min_blocks, int max_blocks) -> (Tensor, Tensor, Tensor)");
   m.def("spliced_attention(Tensor q, Tensor k, Tensor v, Tensor q_positions, float scale) -> Tensor");
   m.def("varlen_attention(Tensor q, Tensor k, Tensor v, Tensor cu_seqlens_q, Tensor cu_seqlens_k, bool causal, float scale, bool return_lse) -> (Tensor, Tensor)");

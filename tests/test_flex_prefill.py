@@ -13,6 +13,7 @@ from lmkernels.flex_prefill import build_flex_index, flex_prefill_attention
 from lmkernels.sparse import BlockIndex
 
 import reference
+from conftest import devices
 
 
 def rel_err(out, want):
@@ -165,25 +166,40 @@ def test_slash_and_vertical_scores_match_a_loop():
     torch.testing.assert_close(vertical[0, 0], want_vertical)
 
 
+PATTERN_OPS = ["flex_pattern_scores", "_flex_pattern_scores_tensor_ops"]  # CPU loops; CUDA's tensor-op form
+
+
+@pytest.mark.parametrize("op_name", PATTERN_OPS)
 @pytest.mark.parametrize("batch,heads,kv_heads,n,dim,block", [(1, 2, 2, 300, 32, 64), (2, 8, 2, 1000, 64, 128),
                                                               (1, 3, 1, 17, 16, 32), (2, 4, 4, 129, 24, 16)])
-def test_pattern_scores_op_matches_reference(batch, heads, kv_heads, n, dim, block):
+def test_pattern_scores_op_matches_reference(op_name, batch, heads, kv_heads, n, dim, block):
     q = torch.randn(batch, heads, n, dim) * 2
     k = torch.randn(batch, kv_heads, n, dim) * 2
-    got = torch.ops.lmkernels.flex_pattern_scores(q, k, block, dim ** -0.5)
+    got = getattr(torch.ops.lmkernels, op_name)(q, k, block, dim ** -0.5)
     want = reference.flex_pattern_scores(q, k, block, dim ** -0.5)
     for name, a, b in zip(("vertical", "slash", "block_attn", "jsd"), got, want):
         assert a.dtype == torch.float32, name
         torch.testing.assert_close(a.double(), b, atol=2e-6, rtol=1e-4, msg=name)
 
 
-def test_pattern_scores_op_bf16_checks_and_opcheck():
+@pytest.mark.parametrize("device", devices())
+def test_pattern_scores_on_device_match_the_cpu_loops(device):
+    q, k = torch.randn(2, 8, 700, 64) * 2, torch.randn(2, 2, 700, 64) * 2
+    want = torch.ops.lmkernels.flex_pattern_scores(q, k, 128, 0.125)
+    got = torch.ops.lmkernels.flex_pattern_scores(q.to(device), k.to(device), 128, 0.125)
+    for name, a, b in zip(("vertical", "slash", "block_attn", "jsd"), got, want):
+        assert a.device.type == device, name
+        torch.testing.assert_close(a.cpu(), b, atol=2e-6, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("op_name", PATTERN_OPS)
+def test_pattern_scores_op_bf16_checks_and_opcheck(op_name):
     q, k = torch.randn(1, 4, 200, 32), torch.randn(1, 2, 200, 32)
-    got = torch.ops.lmkernels.flex_pattern_scores(q.bfloat16(), k.bfloat16(), 64, 0.2)
+    op = getattr(torch.ops.lmkernels, op_name)
+    got = op(q.bfloat16(), k.bfloat16(), 64, 0.2)
     want = reference.flex_pattern_scores(q.bfloat16().float(), k.bfloat16().float(), 64, 0.2)
     torch.testing.assert_close(got[0].double(), want[0], atol=1e-5, rtol=1e-3)
-    torch.library.opcheck(torch.ops.lmkernels.flex_pattern_scores, (q, k, 64, 0.2))
-    op = torch.ops.lmkernels.flex_pattern_scores
+    torch.library.opcheck(op, (q, k, 64, 0.2))
     with pytest.raises(RuntimeError, match="multiple of heads_kv"):
         op(torch.randn(1, 3, 200, 32), k, 64, 0.2)
     with pytest.raises(RuntimeError, match="share B, N and D"):

@@ -55,9 +55,7 @@ double kl_divergence(const std::vector<double>& p, const std::vector<double>& m)
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> flex_pattern_scores_host(const at::Tensor& q_in,
-                                                                                    const at::Tensor& k_in,
-                                                                                    int64_t block_size, double scale) {
+void check_pattern_args(const at::Tensor& q_in, const at::Tensor& k_in, int64_t block_size, double scale) {
   TORCH_CHECK(q_in.dim() == 4 && k_in.dim() == 4, "flex_pattern_scores: q and k must be [B, H, N, D], got ",
               q_in.sizes(), " and ", k_in.sizes());
   TORCH_CHECK(q_in.size(0) == k_in.size(0) && q_in.size(2) == k_in.size(2) && q_in.size(3) == k_in.size(3),
@@ -71,6 +69,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> flex_pattern_scores_h
   TORCH_CHECK(block_size >= 1, "flex_pattern_scores: block_size must be >= 1, got ", block_size);
   TORCH_CHECK(q_in.size(2) >= 1, "flex_pattern_scores: N must be >= 1");
   TORCH_CHECK(std::isfinite(scale), "flex_pattern_scores: scale must be finite, got ", scale);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> flex_pattern_scores_host(const at::Tensor& q_in,
+                                                                                    const at::Tensor& k_in,
+                                                                                    int64_t block_size, double scale) {
+  check_pattern_args(q_in, k_in, block_size, scale);
   const at::Tensor q = q_in.cpu().to(at::kFloat).contiguous(), k = k_in.cpu().to(at::kFloat).contiguous();
   const int64_t batch = q.size(0), heads = q.size(1), kv_heads = k.size(1), n = q.size(2), dim = q.size(3);
   const int64_t group = heads / kv_heads, blocks = (n + block_size - 1) / block_size;

@@ -1,6 +1,9 @@
-// flex_pattern_scores: FlexPrefill's pattern estimation for every (batch, head): the GEMMs
-// through ATen, the per-head reductions (softmax rows, vertical and slash sums, pooled block
-// attention, sqrt-JSD) as C++ loops, one (batch, head) per task. Host code shared with CUDA.
+// flex_pattern_scores: FlexPrefill's pattern estimation for every (batch, head). Two forms of
+// the same computation: on the host, the GEMMs through ATen and the per-head reductions
+// (softmax rows, vertical and slash sums, pooled block attention, sqrt-JSD) as C++ loops, one
+// (batch, head) per task (the CPU impl); as ATen tensor ops on the inputs' device, the loops
+// replaced by masked softmaxes, a prefix sum and block sums (the CUDA impl, also run on CPU by
+// the private op _flex_pattern_scores_tensor_ops so that the CPU tests check it).
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -14,8 +17,15 @@ namespace lmkernels::sparse {
 // block_attn [B, Hq, nb, nb]: softmax of pooled q . pooled k over causal blocks; jsd [B, Hq]:
 // sqrt Jensen-Shannon divergence between the block-pooled vertical distribution and the
 // estimate from the mean last query against pooled keys).
+void check_pattern_args(const at::Tensor& q, const at::Tensor& k, int64_t block_size, double scale);
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> flex_pattern_scores_host(const at::Tensor& q,
                                                                                     const at::Tensor& k,
                                                                                     int64_t block_size, double scale);
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> flex_pattern_scores_tensor_ops(const at::Tensor& q,
+                                                                                          const at::Tensor& k,
+                                                                                          int64_t block_size,
+                                                                                          double scale);
 
 }  // namespace lmkernels::sparse

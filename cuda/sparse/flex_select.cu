@@ -1,8 +1,7 @@
-// flex_select_blocks and flex_pattern_scores for CUDA tensors, on the host: the selection is
-// a sort and a scan per (batch, head) over at most a few thousand block scores, so the scores
-// come to the host and the CSR index goes back (as pack_sequences does). The pattern scores
-// run the CPU code on host copies of q and k: correct, but a copy of both per call; a device
-// version (GEMMs and reductions on the GPU) is still to be written.
+// flex_pattern_scores and flex_select_blocks for CUDA tensors. The pattern scores stay on the
+// device (ATen tensor ops, sparse/flex_scores_tensor_ops.cpp). The selection runs on the host:
+// it is a sort and a scan per (batch, head) over at most a few thousand block scores, so the
+// scores come to the host and the CSR index goes back (as pack_sequences does).
 #include <ATen/core/Tensor.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
@@ -28,8 +27,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> flex_pattern_scores_c
                                                                                     const at::Tensor& k,
                                                                                     int64_t block_size, double scale) {
   const c10::cuda::CUDAGuard guard(q.device());
-  auto [vertical, slash, block_attn, jsd] = flex_pattern_scores_host(q, k, block_size, scale);
-  return {vertical.to(q.device()), slash.to(q.device()), block_attn.to(q.device()), jsd.to(q.device())};
+  return flex_pattern_scores_tensor_ops(q, k, block_size, scale);
 }
 
 }  // namespace
@@ -37,6 +35,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> flex_pattern_scores_c
 TORCH_LIBRARY_IMPL(lmkernels, CUDA, m) {
   m.impl("flex_select_blocks", &flex_select_blocks_cuda);
   m.impl("flex_pattern_scores", &flex_pattern_scores_cuda);
+  m.impl("_flex_pattern_scores_tensor_ops", &flex_pattern_scores_cuda);
 }
 
 }  // namespace lmkernels::sparse

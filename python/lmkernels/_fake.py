@@ -24,6 +24,7 @@ def _spliced_attention_fake(q, k, v, q_positions, scale):
     return q.new_empty(q.shape)
 
 
+@torch.library.register_fake("lmkernels::_flex_pattern_scores_tensor_ops")
 @torch.library.register_fake("lmkernels::flex_pattern_scores")
 def _flex_pattern_scores_fake(q, k, block_size, scale):
     batch, heads, n, _ = q.shape
