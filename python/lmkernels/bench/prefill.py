@@ -132,6 +132,8 @@ def run(quick: bool, out_dir: Path | None = None) -> list[Row]:
         impls = {name: (lambda fn=fn: fn(model, prompts)) for name, fn in METHODS.items()}
         memory = {} if quick else {name: peak_memory_mb(name, workload) for name in METHODS}
         case = f"{workload}: {len(prompts)} prompts, mean {sum(lengths) / len(lengths):.0f}, max {max(lengths)}"
-        rows += compare(CORE, case, impls, baseline="padded batch (sdpa)", quick=True, min_rounds=3,
+        # Five interleaved rounds: with three, one noisy round moved the long workload's
+        # one-at-a-time median by 15%.
+        rows += compare(CORE, case, impls, baseline="padded batch (sdpa)", quick=True, min_rounds=3 if quick else 5,
                         extra=lambda name, _ms: {"peak MB": memory[name]} if memory else {})
     return rows
