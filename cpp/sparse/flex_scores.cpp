@@ -55,26 +55,27 @@ double kl_divergence(const std::vector<double>& p, const std::vector<double>& m)
 
 }  // namespace
 
-void check_pattern_args(const at::Tensor& q_in, const at::Tensor& k_in, int64_t block_size, double scale) {
-  TORCH_CHECK(q_in.dim() == 4 && k_in.dim() == 4, "flex_pattern_scores: q and k must be [B, H, N, D], got ",
+void check_pattern_args(const char* op, const at::Tensor& q_in, const at::Tensor& k_in, int64_t block_size,
+                        double scale) {
+  TORCH_CHECK(q_in.dim() == 4 && k_in.dim() == 4, op, ": q and k must be [B, H, N, D], got ",
               q_in.sizes(), " and ", k_in.sizes());
   TORCH_CHECK(q_in.size(0) == k_in.size(0) && q_in.size(2) == k_in.size(2) && q_in.size(3) == k_in.size(3),
-              "flex_pattern_scores: q ", q_in.sizes(), " and k ", k_in.sizes(), " must share B, N and D");
+              op, ": q ", q_in.sizes(), " and k ", k_in.sizes(), " must share B, N and D");
   TORCH_CHECK(k_in.size(1) >= 1 && q_in.size(1) % k_in.size(1) == 0,
-              "flex_pattern_scores: heads_q must be a positive multiple of heads_kv, got ", q_in.size(1), " and ",
+              op, ": heads_q must be a positive multiple of heads_kv, got ", q_in.size(1), " and ",
               k_in.size(1));
   TORCH_CHECK(at::isFloatingType(q_in.scalar_type()) && q_in.scalar_type() == k_in.scalar_type(),
-              "flex_pattern_scores: q and k must share a floating dtype, got ", q_in.scalar_type(), " and ",
+              op, ": q and k must share a floating dtype, got ", q_in.scalar_type(), " and ",
               k_in.scalar_type());
-  TORCH_CHECK(block_size >= 1, "flex_pattern_scores: block_size must be >= 1, got ", block_size);
-  TORCH_CHECK(q_in.size(2) >= 1, "flex_pattern_scores: N must be >= 1");
-  TORCH_CHECK(std::isfinite(scale), "flex_pattern_scores: scale must be finite, got ", scale);
+  TORCH_CHECK(block_size >= 1, op, ": block_size must be >= 1, got ", block_size);
+  TORCH_CHECK(q_in.size(2) >= 1, op, ": N must be >= 1");
+  TORCH_CHECK(std::isfinite(scale), op, ": scale must be finite, got ", scale);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> flex_pattern_scores_host(const at::Tensor& q_in,
                                                                                     const at::Tensor& k_in,
                                                                                     int64_t block_size, double scale) {
-  check_pattern_args(q_in, k_in, block_size, scale);
+  check_pattern_args("flex_pattern_scores", q_in, k_in, block_size, scale);
   const at::Tensor q = q_in.cpu().to(at::kFloat).contiguous(), k = k_in.cpu().to(at::kFloat).contiguous();
   const int64_t batch = q.size(0), heads = q.size(1), kv_heads = k.size(1), n = q.size(2), dim = q.size(3);
   const int64_t group = heads / kv_heads, blocks = (n + block_size - 1) / block_size;

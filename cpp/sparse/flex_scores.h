@@ -17,7 +17,8 @@ namespace lmkernels::sparse {
 // block_attn [B, Hq, nb, nb]: softmax of pooled q . pooled k over causal blocks; jsd [B, Hq]:
 // sqrt Jensen-Shannon divergence between the block-pooled vertical distribution and the
 // estimate from the mean last query against pooled keys).
-void check_pattern_args(const at::Tensor& q, const at::Tensor& k, int64_t block_size, double scale);
+// Throws c10::Error naming `op` and the bad argument.
+void check_pattern_args(const char* op, const at::Tensor& q, const at::Tensor& k, int64_t block_size, double scale);
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> flex_pattern_scores_host(const at::Tensor& q,
                                                                                     const at::Tensor& k,

@@ -42,7 +42,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> flex_pattern_scores_t
                                                                                           const at::Tensor& k_in,
                                                                                           int64_t block_size,
                                                                                           double scale) {
-  check_pattern_args(q_in, k_in, block_size, scale);
+  check_pattern_args("_flex_pattern_scores_tensor_ops", q_in, k_in, block_size, scale);
   const at::Tensor q = q_in.to(at::kFloat), k = k_in.to(at::kFloat);
   const int64_t batch = q.size(0), heads = q.size(1), kv_heads = k.size(1), n = q.size(2), dim = q.size(3);
   const int64_t group = heads / kv_heads, blocks = (n + block_size - 1) / block_size;

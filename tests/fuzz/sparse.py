@@ -1,4 +1,5 @@
-"""Fuzzers for lmkernels::block_sparse_attention, flex_select_blocks and flex_pattern_scores (raw ops)."""
+"""Fuzzers for lmkernels::block_sparse_attention, flex_select_blocks and flex_pattern_scores (raw ops;
+also its tensor-op form _flex_pattern_scores_tensor_ops, the CUDA impl)."""
 
 from __future__ import annotations
 
@@ -124,10 +125,22 @@ def fuzz_flex_select_blocks(data):
 
 
 SCORES = "lmkernels::flex_pattern_scores"
+SCORES_TENSOR_OPS = "lmkernels::_flex_pattern_scores_tensor_ops"
 
 
 @fuzzer(SCORES)
 def fuzz_flex_pattern_scores(data):
+    _fuzz_pattern_scores(data, SCORES, exact_across_threads=True)
+
+
+@fuzzer(SCORES_TENSOR_OPS)
+def fuzz_flex_pattern_scores_tensor_ops(data):
+    # ATen's reductions may split differently with another thread count: close, not equal.
+    _fuzz_pattern_scores(data, SCORES_TENSOR_OPS, exact_across_threads=False)
+
+
+def _fuzz_pattern_scores(data, name, exact_across_threads):
+    op = getattr(torch.ops.lmkernels, name.split("::")[1])
     draw = data.draw
     fault = draw(st.sampled_from([None] * 6 + ["heads", "length", "dtype", "block", "scale", "dims"]), label="fault")
     batch = draw(st.integers(1, 2), label="batch")
@@ -153,7 +166,7 @@ def fuzz_flex_pattern_scores(data):
     elif fault == "dims":
         q = q[0]
     before = (q.clone(), k.clone())
-    result = attempt(SCORES, lambda: torch.ops.lmkernels.flex_pattern_scores(q, k, block, scale))
+    result = attempt(name, lambda: op(q, k, block, scale))
     assert torch.equal(before[0].nan_to_num(), q.nan_to_num()) and torch.equal(before[1].nan_to_num(), k.nan_to_num())
     if result is None:
         return
@@ -164,5 +177,9 @@ def fuzz_flex_pattern_scores(data):
         for a, b in zip(result, want):
             torch.testing.assert_close(a.double(), b, atol=1e-5, rtol=1e-3)
     with num_threads(1):
-        again = torch.ops.lmkernels.flex_pattern_scores(q, k, block, scale)
-    assert all(torch.equal(a.nan_to_num(), b.nan_to_num()) for a, b in zip(again, result)), "1 thread differs"
+        again = op(q, k, block, scale)
+    for a, b in zip(again, result):
+        if exact_across_threads:
+            assert torch.equal(a.nan_to_num(), b.nan_to_num()), "1 thread differs"
+        else:
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5, equal_nan=True, msg="1 thread differs")
