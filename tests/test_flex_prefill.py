@@ -212,6 +212,15 @@ def test_pattern_scores_op_bf16_checks_and_opcheck(op_name):
         op(q, k, 64, float("nan"))
 
 
+@pytest.mark.parametrize("op_name", PATTERN_OPS)
+def test_pattern_scores_under_torch_compile(op_name):
+    op = getattr(torch.ops.lmkernels, op_name)
+    q, k = torch.randn(2, 4, 150, 32), torch.randn(2, 2, 150, 32)
+    compiled = torch.compile(lambda a, b: op(a, b, 32, 0.3), fullgraph=True)
+    for got, want in zip(compiled(q, k), op(q, k, 32, 0.3)):
+        torch.testing.assert_close(got, want)
+
+
 def test_varlen_form_equals_each_sequence_alone():
     from lmkernels import varlen_attention
     from lmkernels.flex_prefill import flex_prefill_varlen
