@@ -13,29 +13,58 @@ inline void accumulate_unit(__m256i* acc, __m256i codes, const int8_t* const* x,
   for (int m = 0; m < MC; ++m) acc[m] = _mm256_add_epi32(acc[m], weighted_dot(codes, x[m] + unit * kQuantUnit, s16));
 }
 
+template <int MC>
+inline void accumulate_quad(__m256i* acc, __m256i q, const uint8_t* high, const int8_t* const* x, int64_t u,
+                            const int16_t* unit_scales) {
+  const uint8_t* h = high + u * kQuantUnit;
+  accumulate_unit<MC>(acc, full_codes(q, h), x, u, unit_scales[u]);
+  accumulate_unit<MC>(acc, full_codes(_mm256_srli_epi16(q, 2), h + kQuantUnit), x, u + 1, unit_scales[u + 1]);
+  accumulate_unit<MC>(acc, full_codes(_mm256_srli_epi16(q, 4), h + 2 * kQuantUnit), x, u + 2, unit_scales[u + 2]);
+  accumulate_unit<MC>(acc, full_codes(_mm256_srli_epi16(q, 6), h + 3 * kQuantUnit), x, u + 3, unit_scales[u + 3]);
+}
+
 struct Avx2Ops : Avx2Common {
+  // Whole blocks fully unrolled (two quads), with every pointer in a local: stores through
+  // __m256i* may alias anything, so fields read through references would be reloaded.
   template <int MC>
-  static void block_dots(const uint8_t* quads, const uint8_t* high, const int8_t* const* x, const int16_t* unit_scales,
-                         int units, int32_t* dots) {
+  static void row_lanes(const uint8_t* lo, const uint8_t* high, const int8_t* const* x_rows, const int16_t* unit_scales,
+                        int64_t units, int32_t* const* lane_rows) {
+    const int8_t* x[MC];
+    int32_t* lanes[MC];
+    for (int m = 0; m < MC; ++m) {
+      x[m] = x_rows[m];
+      lanes[m] = lane_rows[m];
+    }
+    const int64_t full = units / kQuantSuperUnits;
+    for (int64_t b = 0; b < full; ++b) {
+      const int64_t u = b * kQuantSuperUnits;
+      const uint8_t* quads = lo + u / kQuantQuadUnits * kQuantQuadBytes;
+      __m256i acc[MC];
+      for (int m = 0; m < MC; ++m) acc[m] = _mm256_setzero_si256();
+      accumulate_quad<MC>(acc, load_quad(quads), high, x, u, unit_scales);
+      accumulate_quad<MC>(acc, load_quad(quads + kQuantQuadBytes), high, x, u + kQuantQuadUnits, unit_scales);
+      for (int m = 0; m < MC; ++m) _mm256_storeu_si256(reinterpret_cast<__m256i*>(lanes[m] + 8 * b), acc[m]);
+    }
+    if (full * kQuantSuperUnits < units) tail_block<MC>(lo, high, x, unit_scales, full, units, lanes);
+  }
+
+  template <int MC>
+  static void tail_block(const uint8_t* lo, const uint8_t* high, const int8_t* const* x, const int16_t* unit_scales,
+                         int64_t b, int64_t units, int32_t* const* lanes) {
     __m256i acc[MC];
     for (int m = 0; m < MC; ++m) acc[m] = _mm256_setzero_si256();
-    int u = 0;
+    int64_t u = b * kQuantSuperUnits;
     for (; u + kQuantQuadUnits <= units; u += kQuantQuadUnits) {
-      const __m256i q = load_quad(quads + u / kQuantQuadUnits * kQuantQuadBytes);
-      const uint8_t* h = high + u * kQuantUnit;
-      accumulate_unit<MC>(acc, full_codes(q, h), x, u, unit_scales[u]);
-      accumulate_unit<MC>(acc, full_codes(_mm256_srli_epi16(q, 2), h + kQuantUnit), x, u + 1, unit_scales[u + 1]);
-      accumulate_unit<MC>(acc, full_codes(_mm256_srli_epi16(q, 4), h + 2 * kQuantUnit), x, u + 2, unit_scales[u + 2]);
-      accumulate_unit<MC>(acc, full_codes(_mm256_srli_epi16(q, 6), h + 3 * kQuantUnit), x, u + 3, unit_scales[u + 3]);
+      accumulate_quad<MC>(acc, load_quad(lo + u / kQuantQuadUnits * kQuantQuadBytes), high, x, u, unit_scales);
     }
     if (u < units) {
-      const __m256i q = load_quad(quads + u / kQuantQuadUnits * kQuantQuadBytes);
+      const __m256i q = load_quad(lo + u / kQuantQuadUnits * kQuantQuadBytes);
       for (int i = 0; u + i < units; ++i) {
         const __m256i low = _mm256_srl_epi16(q, _mm_cvtsi32_si128(2 * i));
         accumulate_unit<MC>(acc, full_codes(low, high + (u + i) * kQuantUnit), x, u + i, unit_scales[u + i]);
       }
     }
-    for (int m = 0; m < MC; ++m) dots[m] = hsum_epi32(acc[m]);
+    for (int m = 0; m < MC; ++m) _mm256_storeu_si256(reinterpret_cast<__m256i*>(lanes[m] + 8 * b), acc[m]);
   }
 };
 

@@ -1,5 +1,5 @@
-// The AVX2 pieces of quant_linear that the AVX2 and AVX-512 paths share: the high plane's
-// expansion, the min term, the float combination and scale decoding. Included by each
+// The AVX2 pieces of quant_linear that the AVX2 and AVX-512 paths share: the high pass, the
+// lane reduction, the min term, the float combination and scale decoding. Included by each
 // ISA's translation unit, so every copy is compiled with that unit's flags.
 #pragma once
 
@@ -19,6 +19,13 @@ inline int32_t hsum_epi32(__m256i v) {
   return _mm_cvtsi128_si32(s);
 }
 
+// A unit's 4-bit codes: its low codes (shifted down, other units' bits still above) with
+// the expanded high plane.
+inline __m256i full_codes(__m256i low_shifted, const uint8_t* high) {
+  return _mm256_or_si256(_mm256_and_si256(low_shifted, _mm256_set1_epi8(3)),
+                         _mm256_loadu_si256(reinterpret_cast<const __m256i*>(high)));
+}
+
 inline __m256i load_quad(const uint8_t* quad) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(quad)); }
 
 // maddubs multiplies the u8 codes (0..15) with the int8 activations (at most 15 * 127 * 2 per
@@ -28,40 +35,60 @@ inline __m256i weighted_dot(__m256i codes, const int8_t* x, __m256i scale16) {
   return _mm256_madd_epi16(_mm256_maddubs_epi16(codes, xv), scale16);
 }
 
-// A unit's 4-bit codes: its low codes (already shifted down) with the expanded high plane.
-inline __m256i full_codes(__m256i low_shifted, const uint8_t* high) {
-  return _mm256_or_si256(_mm256_and_si256(low_shifted, _mm256_set1_epi8(3)),
-                         _mm256_loadu_si256(reinterpret_cast<const __m256i*>(high)));
-}
-
 struct Avx2Common {
-  // The high plane's units in whole quads (immediate shifts, no branch): a row's units rarely
-  // start or end on a quad boundary, so units outside [0, count) are expanded into unit
-  // `dummy` and listed in entry `count`, both of which nothing reads.
+  // The high plane's units in whole quads (shifts by immediates); only a row's first and last
+  // quads, which it may share with its neighbours, check which units are its own.
   template <int UPG>
-  static void expand_high(const uint8_t* plane, uint64_t first, int64_t count, const int16_t* hi_groups, int64_t dummy,
-                          uint8_t* high, int32_t* written) {
-    if (count == 0) return;
+  static void expand_high(const uint8_t* plane, uint64_t first, int64_t count, const int16_t* hi_groups, uint8_t* high) {
     const __m256i mask = _mm256_set1_epi8(12);  // 4 * code: the code's two bits moved to bits 2..3
-    auto put = [&](int64_t i, __m256i shifted) {
-      const int64_t clamped = std::min<int64_t>(std::max<int64_t>(i, 0), count - 1);
-      const bool inside = i == clamped;
-      const int64_t unit = inside ? hi_groups[clamped / UPG] * UPG + clamped % UPG : dummy;
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(high + unit * kQuantUnit), _mm256_and_si256(shifted, mask));
-      written[inside ? clamped : count] = static_cast<int32_t>(unit);
+    auto own = [&](int64_t i, __m256i shifted) {
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(high + high_unit<UPG>(hi_groups, i) * kQuantUnit),
+                          _mm256_and_si256(shifted, mask));
+    };
+    auto guarded = [&](int64_t i, __m256i shifted) {
+      if (i >= 0 && i < count) own(i, shifted);
     };
     const uint64_t end = (first + static_cast<uint64_t>(count) + kQuantQuadUnits - 1) / kQuantQuadUnits;
     for (uint64_t quad = first / kQuantQuadUnits; quad < end; ++quad) {
       const __m256i q = load_quad(plane + quad * kQuantQuadBytes);
       const int64_t i = static_cast<int64_t>(quad * kQuantQuadUnits - first);
-      put(i, _mm256_slli_epi16(q, 2));
-      put(i + 1, q);
-      put(i + 2, _mm256_srli_epi16(q, 2));
-      put(i + 3, _mm256_srli_epi16(q, 4));
+      if (i >= 0 && i + kQuantQuadUnits <= count) {
+        own(i, _mm256_slli_epi16(q, 2));
+        own(i + 1, q);
+        own(i + 2, _mm256_srli_epi16(q, 2));
+        own(i + 3, _mm256_srli_epi16(q, 4));
+      } else {
+        guarded(i, _mm256_slli_epi16(q, 2));
+        guarded(i + 1, q);
+        guarded(i + 2, _mm256_srli_epi16(q, 2));
+        guarded(i + 3, _mm256_srli_epi16(q, 4));
+      }
     }
   }
 
-  static void clear_unit(uint8_t* unit) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(unit), _mm256_setzero_si256()); }
+  template <int UPG>
+  static void clear_high(int64_t count, const int16_t* hi_groups, uint8_t* high) {
+    for (int64_t i = 0; i < count; ++i) {
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(high + high_unit<UPG>(hi_groups, i) * kQuantUnit), _mm256_setzero_si256());
+    }
+  }
+
+  // sums[j] = the sum of the 8 lanes of vector j (of 8 consecutive ones): a tree of hadds
+  // gives [v0..v3 low halves | v0..v3 high halves], then the halves are added.
+  static void reduce8(const int32_t* lanes, int32_t* sums) {
+    auto lane = [&](int j) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(lanes + 8 * j)); };
+    auto fold = [](__m256i v) { return _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1)); };
+    const __m256i h0 = _mm256_hadd_epi32(_mm256_hadd_epi32(lane(0), lane(1)), _mm256_hadd_epi32(lane(2), lane(3)));
+    const __m256i h1 = _mm256_hadd_epi32(_mm256_hadd_epi32(lane(4), lane(5)), _mm256_hadd_epi32(lane(6), lane(7)));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(sums), fold(h0));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(sums + 4), fold(h1));
+  }
+
+  static void reduce_lanes(const int32_t* lanes, int64_t blocks, int32_t* isum) {
+    int64_t b = 0;
+    for (; b + 8 <= blocks; b += 8) reduce8(lanes + 8 * b, isum + b);
+    for (; b < blocks; ++b) isum[b] = hsum_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(lanes + 8 * b)));
+  }
 
   // Group size 32 (eight groups per super-block): eight blocks per step from four madds and
   // a tree of hadds; other group sizes and the tail take the scalar loop.

@@ -39,12 +39,18 @@ struct QuantLinearArgs {
 // Super-block count padded to whole 8-lane vectors: the stride of per-block float arrays.
 LMK_INLINE int64_t quant_combine_stride(int64_t super_blocks) { return (super_blocks + 7) / 8 * 8; }
 
+// Bytes of one activation row's unreduced block sums: 8 int32 lanes (one 32-byte vector) per
+// super-block.
+LMK_INLINE int64_t quant_lane_stride(const QuantShape& s) { return s.super_blocks * 8 * 4; }
+
+
 // Per-thread scratch a kernel needs for out_features rows [begin, end), in bytes.
 LMK_INLINE int64_t quant_linear_scratch_bytes(const QuantShape& s) {
-  // the expanded high plane (one spare unit), (d, dmin) pairs, block sums of 4 rows, the
-  // written-unit list and the unit scales, each rounded up to 32 bytes.
+  // the expanded high plane, the block lanes and block sums of 4 rows, (d, dmin) pairs and
+  // the unit scales, each rounded up to 32 bytes.
   const int64_t S8 = quant_combine_stride(s.super_blocks);
-  return (s.units + 1) * kQuantUnit + S8 * 8 + 2 * kQuantRowChunk * S8 * 4 + (s.hi_units + 1) * 4 + s.units * 2 + 6 * 32;
+  return s.units * kQuantUnit + kQuantRowChunk * quant_lane_stride(s) + S8 * 8 + 2 * kQuantRowChunk * S8 * 4 +
+         s.units * 2 + 6 * 32;
 }
 
 // Computes out[:, begin:end]; returns false if a hi_groups entry was out of range (its

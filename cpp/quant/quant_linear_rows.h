@@ -2,28 +2,35 @@
 //
 // Per output row, the 4-bit groups' high bit plane is first expanded into a row buffer
 // `high` of one 32-byte unit per unit of the row: 4 * (high code) per byte for the 4-bit
-// groups' units, zero elsewhere. The dense pass then takes every unit's 4-bit code as
-// low code | high, one multiply chain per unit with no second pass and no per-unit branch;
-// only the units written for the previous row are cleared again.
+// groups' units, zero elsewhere (only the units written are cleared again afterwards). Then,
+// per chunk of up to 4 activation rows:
+//   1. the dense pass takes every unit's 4-bit code as low code | high, one multiply chain per
+//      unit with no second pass and no per-unit branch, shared by the chunk's rows, and leaves
+//      each super-block's partial sums in 8 int32 lanes without reducing them;
+//   2. the lanes are reduced to one exact integer sum per super-block, eight blocks at a time,
+//      and combined in float with the min term.
+// The integer sums do not depend on the order of evaluation, so every ISA returns the same
+// bits as long as the float combination is the same (combine_lanes).
 //
 // Each ISA file defines `Ops` with
 //   template <int UPG> static void expand_high(const uint8_t* plane, uint64_t first, int64_t count,
-//                                              const int16_t* hi_groups, int64_t dummy, uint8_t* high, int32_t* written)
-//     for the high plane's units first .. first + count - 1 (unit i belongs to group
-//     hi_groups[i / UPG], UPG units per group): high[unit * 32 + j] = 4 * code j of unit i,
-//     written[i] = unit. Units it touches outside that range go to unit `dummy` / entry count.
-//   static void clear_unit(uint8_t* unit)  // 32 zero bytes
-//   template <int MC> static void block_dots(const uint8_t* quads, const uint8_t* high, const int8_t* const* x,
-//                                            const int16_t* unit_scales, int units, int32_t* dots)
-//     dots[m] = sum over `units` consecutive units from the first quad of
-//               unit_scales[u] * <low codes | high[u], x[m] + 32 u>
+//                                              const int16_t* hi_groups, uint8_t* high)
+//     for the high plane's units first .. first + count - 1 (unit i is the row's unit
+//     high_unit<UPG>(hi_groups, i)): high[unit * 32 + j] = 4 * code j of unit i
+//   template <int UPG> static void clear_high(int64_t count, const int16_t* hi_groups, uint8_t* high)
+//     zeroes those units of `high` again
+//   template <int MC> static void row_lanes(const uint8_t* lo, const uint8_t* high, const int8_t* const* x,
+//                                           const int16_t* unit_scales, int64_t units, int32_t* const* lanes)
+//     for each super-block b of the row's `units` units, lanes[m][8b..8b+7] = 8 int32 whose sum is
+//     the sum over the block's units u of unit_scales[u] * <low codes of u | high[u], x[m] + 32 u>
+//   static void reduce_lanes(const int32_t* lanes, int64_t blocks, int32_t* isum)  // isum[b] = sum of lanes[8b..8b+7]
 //   static void min_sums(const uint8_t* scales, const int16_t* xsum, const QuantShape& s, int32_t* msum)
 //     msum[b] = sum over super-block b's groups of min_code(scales[g]) * xsum[g]
 //   static float combine(const int32_t* isum, const int32_t* msum, const float* d_dmin, const float* xscale, int64_t S)
 //     combine_lanes() below, bit for bit
 //   static void decode_unit_scales(const uint8_t* scales, int64_t groups, int64_t units_per_group, int16_t* out)
 //   static void decode_halves(const uint16_t* src, float* dst, int64_t count)
-// Everything else (hi_groups checks, padding, bias) is here, once.
+// Everything else (hi_groups checks, padding, bias, prefetching) is here, once.
 #pragma once
 
 #include <cstdint>
@@ -34,13 +41,15 @@
 namespace lmkernels {
 namespace {
 
+constexpr int64_t kQuantPrefetchRows = 2;
+
 struct RowScratch {
   int16_t* unit_scales;  // [U]
   float* d_dmin;         // [2 * S8]: (d, dmin) per super-block, zero padded
   int32_t* isum;         // [kQuantRowChunk][S8]
   int32_t* msum;         // [kQuantRowChunk][S8]
-  uint8_t* high;         // [U + 1][32]: the expanded high plane; unit U takes stray writes
-  int32_t* written;      // [hi_units + 1]: the units of `high` holding the current row
+  int32_t* lanes;        // [kQuantRowChunk][S][8]: unreduced block sums
+  uint8_t* high;         // [U][32]: the expanded high plane of the current row
 };
 
 LMK_INLINE RowScratch carve_scratch(const QuantShape& s, void* scratch) {
@@ -52,11 +61,11 @@ LMK_INLINE RowScratch carve_scratch(const QuantShape& s, void* scratch) {
   };
   const int64_t S8 = quant_combine_stride(s.super_blocks);
   RowScratch r;
-  r.high = reinterpret_cast<uint8_t*>(take((s.units + 1) * kQuantUnit));
+  r.lanes = reinterpret_cast<int32_t*>(take(kQuantRowChunk * quant_lane_stride(s)));
+  r.high = reinterpret_cast<uint8_t*>(take(s.units * kQuantUnit));
   r.d_dmin = reinterpret_cast<float*>(take(S8 * 8));
   r.isum = reinterpret_cast<int32_t*>(take(kQuantRowChunk * S8 * 4));
   r.msum = reinterpret_cast<int32_t*>(take(kQuantRowChunk * S8 * 4));
-  r.written = reinterpret_cast<int32_t*>(take((s.hi_units + 1) * 4));
   r.unit_scales = reinterpret_cast<int16_t*>(take(s.units * 2));
   return r;
 }
@@ -101,55 +110,74 @@ LMK_INLINE bool hi_groups_valid(const QuantShape& s, const int16_t* hi_groups) {
   return !descending && hi_groups[0] >= 0 && hi_groups[s.num_hi - 1] < s.groups;
 }
 
-// Clears the previous row's units of `high` and expands row n's. A bad row expands nothing
-// (nothing is read through its hi_groups) and the caller raises.
+// Row-relative unit of the high plane's unit i (of a row), UPG units per group.
+template <int UPG>
+LMK_INLINE int64_t high_unit(const int16_t* hi_groups, int64_t i) {
+  return static_cast<int64_t>(hi_groups[i / UPG]) * UPG + i % UPG;
+}
+
+// Expands (clear = false) or clears again (clear = true) row n's units of `high`.
 template <class Ops>
-bool expand_row_high(const QuantLinearArgs& a, int64_t n, const RowScratch& rs, int64_t& written) {
+void row_high(const QuantLinearArgs& a, int64_t n, const RowScratch& rs, bool clear) {
   const QuantShape& s = a.shape;
-  for (int64_t i = 0; i < written; ++i) Ops::clear_unit(rs.high + static_cast<int64_t>(rs.written[i]) * kQuantUnit);
-  written = 0;
-  const int16_t* hi_groups = a.hi_groups + n * s.num_hi;
-  if (!hi_groups_valid(s, hi_groups)) return false;
   const uint64_t first = static_cast<uint64_t>(n * s.hi_units);
+  const int16_t* hi_groups = a.hi_groups + n * s.num_hi;
   switch (s.units_per_group) {
-    case 1: Ops::template expand_high<1>(a.codes_hi, first, s.hi_units, hi_groups, s.units, rs.high, rs.written); break;
-    case 2: Ops::template expand_high<2>(a.codes_hi, first, s.hi_units, hi_groups, s.units, rs.high, rs.written); break;
-    case 4: Ops::template expand_high<4>(a.codes_hi, first, s.hi_units, hi_groups, s.units, rs.high, rs.written); break;
-    default: Ops::template expand_high<8>(a.codes_hi, first, s.hi_units, hi_groups, s.units, rs.high, rs.written); break;
+    case 1: clear ? Ops::template clear_high<1>(s.hi_units, hi_groups, rs.high)
+                  : Ops::template expand_high<1>(a.codes_hi, first, s.hi_units, hi_groups, rs.high); break;
+    case 2: clear ? Ops::template clear_high<2>(s.hi_units, hi_groups, rs.high)
+                  : Ops::template expand_high<2>(a.codes_hi, first, s.hi_units, hi_groups, rs.high); break;
+    case 4: clear ? Ops::template clear_high<4>(s.hi_units, hi_groups, rs.high)
+                  : Ops::template expand_high<4>(a.codes_hi, first, s.hi_units, hi_groups, rs.high); break;
+    default: clear ? Ops::template clear_high<8>(s.hi_units, hi_groups, rs.high)
+                   : Ops::template expand_high<8>(a.codes_hi, first, s.hi_units, hi_groups, rs.high); break;
   }
-  written = s.hi_units;
-  return true;
 }
 
 template <class Ops, int MC>
 void row_chunk(const QuantLinearArgs& a, int64_t n, int64_t m0, const RowScratch& rs) {
   const QuantShape& s = a.shape;
   const int64_t S = s.super_blocks, S8 = quant_combine_stride(S), xq_stride = S * kQuantSuperBlock;
+  const int64_t lane_stride = quant_lane_stride(s) / 4;
   const int8_t* x[MC];
-  for (int m = 0; m < MC; ++m) x[m] = a.xq + (m0 + m) * xq_stride;
+  int32_t* lanes[MC];
+  for (int m = 0; m < MC; ++m) {
+    x[m] = a.xq + (m0 + m) * xq_stride;
+    lanes[m] = rs.lanes + m * lane_stride;
+  }
 
-  // The dense pass, one super-block at a time (its integer sum is exact).
-  const uint8_t* lo = a.codes_lo + n * s.lo_stride;
-  for (int64_t b = 0; b < S; ++b) {
-    const int64_t u0 = b * kQuantSuperUnits;
-    const int units = static_cast<int>(s.units - u0 < kQuantSuperUnits ? s.units - u0 : kQuantSuperUnits);
-    const int8_t* xb[MC];
-    for (int m = 0; m < MC; ++m) xb[m] = x[m] + u0 * kQuantUnit;
-    int32_t dots[MC];
-    Ops::template block_dots<MC>(lo + u0 / kQuantQuadUnits * kQuantQuadBytes, rs.high + u0 * kQuantUnit, xb,
-                                 rs.unit_scales + u0, units, dots);
-    for (int m = 0; m < MC; ++m) rs.isum[m * S8 + b] = dots[m];
+  Ops::template row_lanes<MC>(a.codes_lo + n * s.lo_stride, rs.high, x, rs.unit_scales, s.units, lanes);
+
+  int32_t* isum[MC];
+  for (int m = 0; m < MC; ++m) {
+    isum[m] = rs.isum + m * S8;
+    Ops::reduce_lanes(lanes[m], S, isum[m]);
   }
 
   const uint8_t* scales = a.scales + n * s.groups;
   for (int m = 0; m < MC; ++m) {
-    int32_t* isum = rs.isum + m * S8;
     int32_t* msum = rs.msum + m * S8;
     Ops::min_sums(scales, a.xsum + (m0 + m) * s.groups, s, msum);
-    float y = Ops::combine(isum, msum, rs.d_dmin, a.xscale + (m0 + m) * S8, S);
+    float y = Ops::combine(isum[m], msum, rs.d_dmin, a.xscale + (m0 + m) * S8, S);
     if (a.bias) y = y + a.bias[n];
     a.out[(m0 + m) * s.out_features + n] = y;
   }
+}
+
+// Touches row n's weight streams ahead of use: a row is several short runs in separate
+// arrays (codes, scales, high plane, ...), too many streams for the hardware prefetcher
+// to follow at batch 1, where each row is read once and used for a few hundred cycles.
+LMK_INLINE void prefetch_row(const QuantLinearArgs& a, int64_t n) {
+  const QuantShape& s = a.shape;
+  auto touch = [](const void* base, int64_t bytes) {
+    const char* p = static_cast<const char*>(base);
+    for (int64_t i = 0; i < bytes; i += 64) __builtin_prefetch(p + i);
+  };
+  touch(a.codes_lo + n * s.lo_stride, s.lo_stride);
+  touch(a.scales + n * s.groups, s.groups);
+  touch(a.super_scales + n * s.super_blocks * 2, s.super_blocks * 4);
+  touch(a.hi_groups + n * s.num_hi, s.num_hi * 2);
+  touch(a.codes_hi + n * s.hi_units * kQuantUnitBytes, s.hi_units * kQuantUnitBytes);
 }
 
 template <class Ops>
@@ -161,11 +189,14 @@ bool quant_rows(const QuantLinearArgs& a, int64_t begin, int64_t end, void* scra
   // The padding lanes of the block sums: nothing writes past S, so once per call suffices.
   for (int64_t i = 0; i < kQuantRowChunk * S8; ++i) rs.isum[i] = rs.msum[i] = 0;
   std::memset(rs.high, 0, static_cast<size_t>(s.units * kQuantUnit));
-  int64_t written = 0;
   bool ok = true;
   for (int64_t n = begin; n < end; ++n) {
-    // Decode this row's scales and high plane once, off the inner loop, for every activation row.
-    ok &= expand_row_high<Ops>(a, n, rs, written);
+    if (n + kQuantPrefetchRows < end) prefetch_row(a, n + kQuantPrefetchRows);
+    // Decode this row's scales and high plane once, off the inner loop, for every activation
+    // row. A bad row expands nothing (nothing is read through its hi_groups); the caller raises.
+    const bool high_ok = s.num_hi > 0 && hi_groups_valid(s, a.hi_groups + n * s.num_hi);
+    ok &= s.num_hi == 0 || high_ok;
+    if (high_ok) row_high<Ops>(a, n, rs, false);
     Ops::decode_unit_scales(a.scales + n * s.groups, s.groups, s.units_per_group, rs.unit_scales);
     Ops::decode_halves(a.super_scales + n * s.super_blocks * 2, rs.d_dmin, 2 * s.super_blocks);
     int64_t m = 0;
@@ -176,6 +207,7 @@ bool quant_rows(const QuantLinearArgs& a, int64_t begin, int64_t end, void* scra
       case 1: row_chunk<Ops, 1>(a, n, m, rs); break;
       default: break;
     }
+    if (high_ok) row_high<Ops>(a, n, rs, true);
   }
   return ok;
 }

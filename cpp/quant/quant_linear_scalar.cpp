@@ -5,36 +5,48 @@ namespace lmkernels {
 namespace {
 
 struct ScalarOps {
+  // Each block's whole sum in lane 0: any split over the 8 lanes reduces to the same integer.
+  template <int MC>
+  static void row_lanes(const uint8_t* lo, const uint8_t* high, const int8_t* const* x, const int16_t* unit_scales,
+                        int64_t units, int32_t* const* lanes) {
+    for (int m = 0; m < MC; ++m) {
+      for (int64_t b = 0; b * kQuantSuperUnits < units; ++b) {
+        int32_t sum = 0;
+        for (int64_t u = b * kQuantSuperUnits; u < units && u < (b + 1) * kQuantSuperUnits; ++u) {
+          int32_t dot = 0;
+          for (int j = 0; j < kQuantUnit; ++j) {
+            dot += (unit_code(lo, u, j) | high[u * kQuantUnit + j]) * x[m][u * kQuantUnit + j];
+          }
+          sum += unit_scales[u] * dot;
+        }
+        lanes[m][8 * b] = sum;
+        for (int l = 1; l < 8; ++l) lanes[m][8 * b + l] = 0;
+      }
+    }
+  }
+
   template <int UPG>
-  static void expand_high(const uint8_t* plane, uint64_t first, int64_t count, const int16_t* hi_groups, int64_t dummy,
-                          uint8_t* high, int32_t* written) {
+  static void expand_high(const uint8_t* plane, uint64_t first, int64_t count, const int16_t* hi_groups, uint8_t* high) {
     for (int64_t i = 0; i < count; ++i) {
-      const int64_t unit = hi_groups[i / UPG] * UPG + i % UPG;
+      const int64_t unit = high_unit<UPG>(hi_groups, i);
       const uint64_t h = first + static_cast<uint64_t>(i);
       for (int j = 0; j < kQuantUnit; ++j) {
         high[unit * kQuantUnit + j] = static_cast<uint8_t>(
             4 * unit_code(plane + h / kQuantQuadUnits * kQuantQuadBytes, static_cast<int>(h % kQuantQuadUnits), j));
       }
-      written[i] = static_cast<int32_t>(unit);
     }
   }
 
-  static void clear_unit(uint8_t* unit) { std::memset(unit, 0, kQuantUnit); }
+  template <int UPG>
+  static void clear_high(int64_t count, const int16_t* hi_groups, uint8_t* high) {
+    for (int64_t i = 0; i < count; ++i) std::memset(high + high_unit<UPG>(hi_groups, i) * kQuantUnit, 0, kQuantUnit);
+  }
 
-  template <int MC>
-  static void block_dots(const uint8_t* quads, const uint8_t* high, const int8_t* const* x, const int16_t* unit_scales,
-                         int units, int32_t* dots) {
-    for (int m = 0; m < MC; ++m) {
+  static void reduce_lanes(const int32_t* lanes, int64_t blocks, int32_t* isum) {
+    for (int64_t b = 0; b < blocks; ++b) {
       int32_t sum = 0;
-      for (int u = 0; u < units; ++u) {
-        int32_t dot = 0;
-        for (int j = 0; j < kQuantUnit; ++j) {
-          const int code = unit_code(quads + u / kQuantQuadUnits * kQuantQuadBytes, u % kQuantQuadUnits, j) | high[u * kQuantUnit + j];
-          dot += code * x[m][u * kQuantUnit + j];
-        }
-        sum += unit_scales[u] * dot;
-      }
-      dots[m] = sum;
+      for (int l = 0; l < 8; ++l) sum += lanes[8 * b + l];
+      isum[b] = sum;
     }
   }
 
