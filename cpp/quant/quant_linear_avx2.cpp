@@ -24,17 +24,11 @@ inline void accumulate_quad(__m256i* acc, __m256i q, const uint8_t* high, const 
 }
 
 struct Avx2Ops : Avx2Common {
-  // Whole blocks fully unrolled (two quads), with every pointer in a local: stores through
-  // __m256i* may alias anything, so fields read through references would be reloaded.
+  // Whole blocks fully unrolled (two quads), one call per row: per-block calls reloaded the
+  // row's fields on every block (stores through __m256i* may alias anything).
   template <int MC>
-  static void row_lanes(const uint8_t* lo, const uint8_t* high, const int8_t* const* x_rows, const int16_t* unit_scales,
-                        int64_t units, int32_t* const* lane_rows) {
-    const int8_t* x[MC];
-    int32_t* lanes[MC];
-    for (int m = 0; m < MC; ++m) {
-      x[m] = x_rows[m];
-      lanes[m] = lane_rows[m];
-    }
+  static void row_lanes(const uint8_t* lo, const uint8_t* high, const int8_t* const* x, const int16_t* unit_scales,
+                        int64_t units, int32_t* const* lanes) {
     const int64_t full = units / kQuantSuperUnits;
     for (int64_t b = 0; b < full; ++b) {
       const int64_t u = b * kQuantSuperUnits;

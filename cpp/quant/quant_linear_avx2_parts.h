@@ -1,6 +1,6 @@
-// The AVX2 pieces of quant_linear that the AVX2 and AVX-512 paths share: the high pass, the
-// lane reduction, the min term, the float combination and scale decoding. Included by each
-// ISA's translation unit, so every copy is compiled with that unit's flags.
+// The AVX2 pieces of quant_linear that the AVX2 and AVX-512 paths share: the high plane's
+// expansion, the lane reduction, the min term, the float combination and scale decoding.
+// Included by each ISA's translation unit, so every copy is compiled with that unit's flags.
 #pragma once
 
 #include <immintrin.h>

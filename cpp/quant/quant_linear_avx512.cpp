@@ -25,14 +25,8 @@ inline void accumulate_pair(__m512i* acc, __m512i codes, const int8_t* const* x,
 
 struct Avx512Ops : Avx2Common {
   template <int MC>
-  static void row_lanes(const uint8_t* lo, const uint8_t* high, const int8_t* const* x_rows, const int16_t* unit_scales,
-                        int64_t units, int32_t* const* lane_rows) {
-    const int8_t* x[MC];
-    int32_t* lanes[MC];
-    for (int m = 0; m < MC; ++m) {
-      x[m] = x_rows[m];
-      lanes[m] = lane_rows[m];
-    }
+  static void row_lanes(const uint8_t* lo, const uint8_t* high, const int8_t* const* x, const int16_t* unit_scales,
+                        int64_t units, int32_t* const* lanes) {
     for (int64_t b = 0; b * kQuantSuperUnits < units; ++b) {
       const int64_t u0 = b * kQuantSuperUnits;
       block_lanes<MC>(lo + u0 / kQuantQuadUnits * kQuantQuadBytes, high, x, unit_scales, u0,

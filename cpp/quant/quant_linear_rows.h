@@ -194,8 +194,8 @@ bool quant_rows(const QuantLinearArgs& a, int64_t begin, int64_t end, void* scra
     if (n + kQuantPrefetchRows < end) prefetch_row(a, n + kQuantPrefetchRows);
     // Decode this row's scales and high plane once, off the inner loop, for every activation
     // row. A bad row expands nothing (nothing is read through its hi_groups); the caller raises.
-    const bool high_ok = s.num_hi > 0 && hi_groups_valid(s, a.hi_groups + n * s.num_hi);
-    ok &= s.num_hi == 0 || high_ok;
+    const bool high_ok = hi_groups_valid(s, a.hi_groups + n * s.num_hi);
+    ok &= high_ok;
     if (high_ok) row_high<Ops>(a, n, rs, false);
     Ops::decode_unit_scales(a.scales + n * s.groups, s.groups, s.units_per_group, rs.unit_scales);
     Ops::decode_halves(a.super_scales + n * s.super_blocks * 2, rs.d_dmin, 2 * s.super_blocks);

@@ -24,7 +24,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> flex_pattern_scores_h
                                                                                     const at::Tensor& k,
                                                                                     int64_t block_size, double scale);
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> flex_pattern_scores_tensor_ops(const at::Tensor& q,
+// The tensor-op form; `op` is the name its argument errors carry (the public op on CUDA).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> flex_pattern_scores_tensor_ops(const char* op,
+                                                                                          const at::Tensor& q,
                                                                                           const at::Tensor& k,
                                                                                           int64_t block_size,
                                                                                           double scale);

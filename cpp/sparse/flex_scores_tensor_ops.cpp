@@ -38,11 +38,12 @@ at::Tensor kl_divergence(const at::Tensor& p, const at::Tensor& m) {
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> flex_pattern_scores_tensor_ops(const at::Tensor& q_in,
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> flex_pattern_scores_tensor_ops(const char* op,
+                                                                                          const at::Tensor& q_in,
                                                                                           const at::Tensor& k_in,
                                                                                           int64_t block_size,
                                                                                           double scale) {
-  check_pattern_args("_flex_pattern_scores_tensor_ops", q_in, k_in, block_size, scale);
+  check_pattern_args(op, q_in, k_in, block_size, scale);
   const at::Tensor q = q_in.to(at::kFloat), k = k_in.to(at::kFloat);
   const int64_t batch = q.size(0), heads = q.size(1), kv_heads = k.size(1), n = q.size(2), dim = q.size(3);
   const int64_t group = heads / kv_heads, blocks = (n + block_size - 1) / block_size;
@@ -96,6 +97,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> flex_pattern_scores_t
   return {vertical.contiguous(), slash.contiguous(), block_attn.contiguous(), jsd};
 }
 
-TORCH_LIBRARY_IMPL(lmkernels, CPU, m) { m.impl("_flex_pattern_scores_tensor_ops", &flex_pattern_scores_tensor_ops); }
+namespace {
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tensor_ops_cpu(const at::Tensor& q, const at::Tensor& k,
+                                                                          int64_t block_size, double scale) {
+  return flex_pattern_scores_tensor_ops("_flex_pattern_scores_tensor_ops", q, k, block_size, scale);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(lmkernels, CPU, m) { m.impl("_flex_pattern_scores_tensor_ops", &tensor_ops_cpu); }
 
 }  // namespace lmkernels::sparse

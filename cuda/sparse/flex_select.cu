@@ -26,9 +26,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> flex_select_blocks_cuda(const at:
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> flex_pattern_scores_cuda(const at::Tensor& q,
                                                                                     const at::Tensor& k,
                                                                                     int64_t block_size, double scale) {
-  check_pattern_args("flex_pattern_scores", q, k, block_size, scale);  // errors name the public op
   const c10::cuda::CUDAGuard guard(q.device());
-  return flex_pattern_scores_tensor_ops(q, k, block_size, scale);
+  return flex_pattern_scores_tensor_ops("flex_pattern_scores", q, k, block_size, scale);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tensor_ops_cuda(const at::Tensor& q, const at::Tensor& k,
+                                                                           int64_t block_size, double scale) {
+  const c10::cuda::CUDAGuard guard(q.device());
+  return flex_pattern_scores_tensor_ops("_flex_pattern_scores_tensor_ops", q, k, block_size, scale);
 }
 
 }  // namespace
@@ -36,7 +41,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> flex_pattern_scores_c
 TORCH_LIBRARY_IMPL(lmkernels, CUDA, m) {
   m.impl("flex_select_blocks", &flex_select_blocks_cuda);
   m.impl("flex_pattern_scores", &flex_pattern_scores_cuda);
-  m.impl("_flex_pattern_scores_tensor_ops", &flex_pattern_scores_tensor_ops);
+  m.impl("_flex_pattern_scores_tensor_ops", &tensor_ops_cuda);
 }
 
 }  // namespace lmkernels::sparse

@@ -180,9 +180,9 @@ def prefill(
     projections' GEMMs efficient (one giant row streams them through memory and was 1.45x
     slower on a 19k-token workload; rows of 1024 were 5% slower than 2048 on the prefill
     bench) while bounding the activations of one forward pass (2048 instead of 4096 cut the
-    bench's peak memory from about 260 MB to 170 MB at the same speed). Each row is one forward pass with
-    position ids restarting per prompt and varlen attention keeping prompts apart; only
-    each prompt's last position goes through the LM head.
+    bench's peak memory from about 260 MB to 170 MB at the same speed). Each row is one
+    forward pass with position ids restarting per prompt and varlen attention keeping
+    prompts apart; only each prompt's last position goes through the LM head.
     """
     from transformers import DynamicCache
 
