@@ -130,16 +130,15 @@ SCORES_TENSOR_OPS = "lmkernels::_flex_pattern_scores_tensor_ops"
 
 @fuzzer(SCORES)
 def fuzz_flex_pattern_scores(data):
-    _fuzz_pattern_scores(data, SCORES, exact_across_threads=True)
+    _fuzz_pattern_scores(data, SCORES)
 
 
 @fuzzer(SCORES_TENSOR_OPS)
 def fuzz_flex_pattern_scores_tensor_ops(data):
-    # ATen's reductions may split differently with another thread count: close, not equal.
-    _fuzz_pattern_scores(data, SCORES_TENSOR_OPS, exact_across_threads=False)
+    _fuzz_pattern_scores(data, SCORES_TENSOR_OPS)
 
 
-def _fuzz_pattern_scores(data, name, exact_across_threads):
+def _fuzz_pattern_scores(data, name):
     op = getattr(torch.ops.lmkernels, name.split("::")[1])
     draw = data.draw
     fault = draw(st.sampled_from([None] * 6 + ["heads", "length", "dtype", "block", "scale", "dims"]), label="fault")
@@ -178,8 +177,8 @@ def _fuzz_pattern_scores(data, name, exact_across_threads):
             torch.testing.assert_close(a.double(), b, atol=1e-5, rtol=1e-3)
     with num_threads(1):
         again = op(q, k, block, scale)
+    # Both forms run their GEMMs and reductions through ATen, whose BLAS picks another kernel
+    # (another summation order) for some small shapes at another thread count (seen: MKL sgemm
+    # of [7, 5] x [5, 17]): close, not equal.
     for a, b in zip(again, result):
-        if exact_across_threads:
-            assert torch.equal(a.nan_to_num(), b.nan_to_num()), "1 thread differs"
-        else:
-            torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5, equal_nan=True, msg="1 thread differs")
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5, equal_nan=True, msg="1 thread differs")
