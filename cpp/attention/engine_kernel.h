@@ -82,26 +82,26 @@ void gemm(const float* a, int64_t a_row, int64_t a_col, const float* b, int64_t 
   }
 }
 
-// Online softmax over a tile of transposed scores st[j][r] (log2 units), keys j < nk, query
-// rows r < rows (a multiple of V::W), vectorized across rows. Leaves probabilities in st,
-// updates the running max `m` and sum `l`, and writes each row's output rescale to `alpha`.
+// Online softmax over a tile of transposed scores st[j * ld + r] (log2 units), keys j < nk,
+// query rows r < rows (a multiple of V::W), vectorized across rows. Leaves probabilities in
+// st, updates the running max `m` and sum `l`, and writes each row's output rescale to `alpha`.
 template <class V>
-void online_softmax_columns(float* st, int64_t nk, int64_t rows, float* m, float* l, float* alpha) {
+void online_softmax_columns(float* st, int64_t ld, int64_t nk, int64_t rows, float* m, float* l, float* alpha) {
   using T = typename V::T;
   // A row that has seen no key keeps max -inf; shifting it by -FLT_MAX instead of -inf
   // keeps its probabilities and rescale at 0 instead of NaN.
   const T lowest = V::set1(-std::numeric_limits<float>::max());
   for (int64_t c = 0; c < rows; c += V::W) {
     T tile_max = V::set1(kNegInf);
-    for (int64_t j = 0; j < nk; ++j) tile_max = V::max(V::load(st + j * rows + c), tile_max);
+    for (int64_t j = 0; j < nk; ++j) tile_max = V::max(V::load(st + j * ld + c), tile_max);
     const T m_old = V::load(m + c);
     const T m_new = V::max(tile_max, m_old);
     const T shift = V::max(m_new, lowest);
     V::store(alpha + c, exp2_nonpositive<V>(V::sub(m_old, shift)));
     T sum = V::zero();
     for (int64_t j = 0; j < nk; ++j) {
-      const T p = exp2_nonpositive<V>(V::sub(V::load(st + j * rows + c), shift));
-      V::store(st + j * rows + c, p);
+      const T p = exp2_nonpositive<V>(V::sub(V::load(st + j * ld + c), shift));
+      V::store(st + j * ld + c, p);
       sum = V::add(sum, p);
     }
     V::store(l + c, V::fma(V::load(l + c), V::load(alpha + c), sum));
@@ -194,26 +194,35 @@ void run_item_typed(const Args& a, const WorkItem& item, float* scratch) {
         k_row = v_row = dim_pad;
       }
 
+      // Causal: rows [0, r0) see none of these keys (limits grow with the row), so the tile
+      // skips them: a short sequence's item would otherwise spend up to half its work on
+      // fully masked row blocks. r0 stays a multiple of kPad for the GEMMs' column blocks.
+      int64_t r0 = 0;
+      if (a.causal && kb > first_limit) {
+        while (r0 < rows_pad && limit_buf[r0] < static_cast<float>(kb)) ++r0;
+        r0 = r0 / kPad * kPad;
+      }
+      const int64_t live = rows_pad - r0;
       // scores^T [keys x rows] = K [keys x dim] . Q^T [dim x rows]
-      gemm<V>(k_tile, k_row, 1, qt_buf, rows_pad, st_buf, rows_pad, padded(nk, V::R), rows_pad, dim, false);
+      gemm<V>(k_tile, k_row, 1, qt_buf + r0, rows_pad, st_buf + r0, rows_pad, padded(nk, V::R), live, dim, false);
       if (a.causal && kb + nk - 1 > first_limit) {
         for (int64_t j = 0; j < nk; ++j) {
           const float key = static_cast<float>(kb + j);
           float* st_row = st_buf + j * rows_pad;
-          for (int64_t r = 0; r < rows_pad; ++r) {
+          for (int64_t r = r0; r < rows_pad; ++r) {
             if (key > limit_buf[r]) st_row[r] = kNegInf;
           }
         }
       }
       if (item.span_heads != nullptr) {  // query heads of the group that do not list this span
         const uint64_t heads = item.span_heads[s];
-        for (int64_t r = 0; r < rows; ++r) {
+        for (int64_t r = r0; r < rows; ++r) {
           if ((heads >> (r % group)) & 1u) continue;
           for (int64_t j = 0; j < nk; ++j) st_buf[j * rows_pad + r] = kNegInf;
         }
       }
-      online_softmax_columns<V>(st_buf, nk, rows_pad, m_buf, l_buf, alpha_buf);
-      for (int64_t r = 0; r < rows_pad; ++r) {
+      online_softmax_columns<V>(st_buf + r0, rows_pad, nk, live, m_buf + r0, l_buf + r0, alpha_buf + r0);
+      for (int64_t r = r0; r < rows_pad; ++r) {
         if (alpha_buf[r] != 1.0f) {
           float* o_row = o_buf + r * dim_pad;
           const T scale = V::set1(alpha_buf[r]);
@@ -221,7 +230,7 @@ void run_item_typed(const Args& a, const WorkItem& item, float* scratch) {
         }
       }
       // out [rows x dim] += P [rows x keys] . V [keys x dim], P read from scores^T
-      gemm<V>(st_buf, 1, rows_pad, v_tile, v_row, o_buf, dim_pad, rows_pad, dim_pad, nk, true);
+      gemm<V>(st_buf + r0, 1, rows_pad, v_tile, v_row, o_buf + r0 * dim_pad, dim_pad, live, dim_pad, nk, true);
     }
   }
 
