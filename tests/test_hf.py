@@ -79,6 +79,22 @@ def test_registered_attention_runs_a_plain_forward(model):
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
 
 
+def test_prefill_caches_are_views_of_one_buffer(model):
+    """All prompts' keys and values land in one allocation, not one per packed row."""
+    result = hf.prefill(model, prompts_of([5, 13, 1, 9, 20, 3]), 20)
+    assert result.packing.num_rows > 1
+    storages = {layer.keys.untyped_storage().data_ptr() for cache in result.caches for layer in cache.layers}
+    storages |= {layer.values.untyped_storage().data_ptr() for cache in result.caches for layer in cache.layers}
+    assert len(storages) == 1
+
+
+def test_prefill_needs_layer_indices(model, monkeypatch):
+    monkeypatch.delattr(model.model.layers[1].self_attn, "layer_idx")
+    with pytest.raises(ValueError, match="has no layer_idx"):
+        hf.prefill(model, prompts_of([4, 6]))
+    assert model.config._attn_implementation == "sdpa"
+
+
 def test_prefill_bad_inputs(model):
     with pytest.raises(ValueError, match="prompts is empty"):
         hf.prefill(model, [])

