@@ -95,6 +95,13 @@ def test_prefill_needs_layer_indices(model, monkeypatch):
     assert model.config._attn_implementation == "sdpa"
 
 
+def test_prefill_refuses_a_layer_that_bypasses_its_attention(model, monkeypatch):
+    attention = model.model.layers[1].self_attn
+    monkeypatch.setattr(attention, "forward", lambda hidden_states, **kwargs: (torch.zeros_like(hidden_states), None))
+    with pytest.raises(RuntimeError, match=r"layers \[1\] did not pass"):
+        hf.prefill(model, prompts_of([4, 6]))
+
+
 def test_prefill_bad_inputs(model):
     with pytest.raises(ValueError, match="prompts is empty"):
         hf.prefill(model, [])

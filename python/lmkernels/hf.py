@@ -171,6 +171,7 @@ class _PackedKVSink:
         self.num_layers, self.total_tokens = num_layers, total_tokens
         self.buffer: torch.Tensor | None = None  # [layers, 2, kv_heads, total_tokens, dim]
         self.start = 0  # token offset of the row being run
+        self.stored = [0] * num_layers  # tokens each layer has written
 
     def store(self, module: torch.nn.Module, key: torch.Tensor, value: torch.Tensor) -> None:
         layer = getattr(module, "layer_idx", None)
@@ -182,10 +183,16 @@ class _PackedKVSink:
         end = self.start + key.shape[2]
         self.buffer[layer, 0, :, self.start:end].copy_(key[0])
         self.buffer[layer, 1, :, self.start:end].copy_(value[0])
+        self.stored[layer] += key.shape[2]
 
     def layer_views(self, start: int, length: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per layer, the keys and values ``[1, kv_heads, length, dim]`` of tokens ``start ..``."""
-        assert self.buffer is not None
+        missing = [layer for layer, n in enumerate(self.stored) if n != self.total_tokens]
+        if self.buffer is None or missing:
+            # A layer whose attention bypassed the registered function would hand back an
+            # unwritten cache: refuse instead.
+            raise RuntimeError(f"prefill: layers {missing} did not pass all {self.total_tokens} tokens' keys and "
+                               "values through lmkernels attention; this model is not supported by prefill")
         return [(kv[0, :, start:start + length][None], kv[1, :, start:start + length][None]) for kv in self.buffer]
 
 
