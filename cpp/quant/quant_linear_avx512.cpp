@@ -1,17 +1,16 @@
 // AVX-512 path of quant_linear: two units (64 weights) per 512-bit step. The quad is
-// broadcast to both halves and each 16-bit lane shifted by its unit's 2i (vpsrlvw), or'ed
-// with the expanded high plane, then maddubs + madd as on AVX2; the high plane's expansion,
-// the lane reduction, the min term and the combination are the shared AVX2 pieces.
+// broadcast to both halves and each 16-bit lane shifted by its unit's 2i (vpsrlvw), then
+// maddubs + madd as on AVX2; the halves are added into the AVX2 lane layout (units u and
+// u + 1 of a block: the same integer lanes), and the float steps, the high pass and the min
+// term are the shared AVX2 pieces.
 #include "quant/quant_linear_avx2_parts.h"
 
 namespace lmkernels {
 namespace {
 
-// Units (first, first + 1) of a quad broadcast to both 256-bit halves, one per half, with
-// their 64 bytes of the expanded high plane.
-inline __m512i quad_unit_pair(__m512i quad2, __m512i shifts, const uint8_t* high) {
-  return _mm512_or_si512(_mm512_and_si512(_mm512_srlv_epi16(quad2, shifts), _mm512_set1_epi8(3)),
-                         _mm512_loadu_si512(high));
+// Units (first, first + 1) of a quad broadcast to both 256-bit halves, one per half.
+inline __m512i quad_unit_pair(__m512i quad2, __m512i shifts) {
+  return _mm512_and_si512(_mm512_srlv_epi16(quad2, shifts), _mm512_set1_epi8(3));
 }
 
 template <int MC>
@@ -25,19 +24,24 @@ inline void accumulate_pair(__m512i* acc, __m512i codes, const int8_t* const* x,
 
 struct Avx512Ops : Avx2Common {
   template <int MC>
-  static void row_lanes(const uint8_t* lo, const uint8_t* high, const int8_t* const* x, const int16_t* unit_scales,
-                        int64_t units, int32_t* const* lanes) {
+  static void row_dot(const uint8_t* lo, const int8_t* const* x, const int16_t* unit_scales, int64_t units,
+                      const float* const* dx, float* const* lane) {
+    __m256 facc[MC];
+    for (int m = 0; m < MC; ++m) facc[m] = _mm256_setzero_ps();
     for (int64_t b = 0; b * kQuantSuperUnits < units; ++b) {
       const int64_t u0 = b * kQuantSuperUnits;
-      block_lanes<MC>(lo + u0 / kQuantQuadUnits * kQuantQuadBytes, high, x, unit_scales, u0,
-                      static_cast<int>(std::min<int64_t>(units - u0, kQuantSuperUnits)), lanes, b);
+      __m256i ints[MC];
+      block_ints<MC>(lo + u0 / kQuantQuadUnits * kQuantQuadBytes, x, unit_scales, u0,
+                     static_cast<int>(std::min<int64_t>(units - u0, kQuantSuperUnits)), ints);
+      for (int m = 0; m < MC; ++m) facc[m] = accumulate_lanes(facc[m], ints[m], dx[m][b]);
     }
+    for (int m = 0; m < MC; ++m) _mm256_storeu_ps(lane[m], facc[m]);
   }
 
-  // Units u0 .. u0 + units - 1 (one super-block b) into lanes[m][8b ..].
+  // The int lanes of units u0 .. u0 + units - 1 (one super-block).
   template <int MC>
-  static void block_lanes(const uint8_t* quads, const uint8_t* high, const int8_t* const* x, const int16_t* unit_scales,
-                          int64_t u0, int units, int32_t* const* lanes, int64_t b) {
+  static void block_ints(const uint8_t* quads, const int8_t* const* x, const int16_t* unit_scales, int64_t u0,
+                         int units, __m256i* ints) {
     const __m512i shifts01 = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(2), 1);
     const __m512i shifts23 = _mm512_inserti64x4(_mm512_set1_epi16(4), _mm256_set1_epi16(6), 1);
     __m512i acc[MC];
@@ -45,18 +49,17 @@ struct Avx512Ops : Avx2Common {
     int u = 0;
     for (; u + kQuantQuadUnits <= units; u += kQuantQuadUnits) {
       const __m512i q = _mm512_broadcast_i64x4(load_quad(quads + u / kQuantQuadUnits * kQuantQuadBytes));
-      const uint8_t* h = high + (u0 + u) * kQuantUnit;
-      accumulate_pair<MC>(acc, quad_unit_pair(q, shifts01, h), x, u0 + u, unit_scales);
-      accumulate_pair<MC>(acc, quad_unit_pair(q, shifts23, h + 2 * kQuantUnit), x, u0 + u + 2, unit_scales);
+      accumulate_pair<MC>(acc, quad_unit_pair(q, shifts01), x, u0 + u, unit_scales);
+      accumulate_pair<MC>(acc, quad_unit_pair(q, shifts23), x, u0 + u + 2, unit_scales);
     }
     for (int m = 0; m < MC; ++m) {
       __m256i half = _mm256_add_epi32(_mm512_castsi512_si256(acc[m]), _mm512_extracti64x4_epi64(acc[m], 1));
       for (int i = u; i < units; ++i) {
         const __m256i low = _mm256_srl_epi16(load_quad(quads + u / kQuantQuadUnits * kQuantQuadBytes), _mm_cvtsi32_si128(2 * (i - u)));
-        half = _mm256_add_epi32(half, weighted_dot(full_codes(low, high + (u0 + i) * kQuantUnit), x[m] + (u0 + i) * kQuantUnit,
+        half = _mm256_add_epi32(half, weighted_dot(_mm256_and_si256(low, _mm256_set1_epi8(3)), x[m] + (u0 + i) * kQuantUnit,
                                                    _mm256_set1_epi16(unit_scales[u0 + i])));
       }
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(lanes[m] + 8 * b), half);
+      ints[m] = half;
     }
   }
 };

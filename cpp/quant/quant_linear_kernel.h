@@ -1,13 +1,12 @@
 // quant_linear: plain-data interface between the dispatcher and its per-ISA kernels.
 //
 // Activations arrive quantized (int8 per 256-wide block with one fp32 scale, plus per-group
-// sums of the int8 codes), so the whole dot product of a super-block is integer and exact:
+// sums of the int8 codes), so each super-block's dot product is integer and exact:
 //   y = sum_b xscale_b * (d_b * ISUM_b - dmin_b * MSUM_b)
 //   ISUM_b = sum over the block's units of sc * <lo codes, x> + 4 * sc * <hi codes, x>
 //   MSUM_b = sum over the block's groups of mc * sum(x)
-// Integer sums do not depend on the order of evaluation, and the float combination above is
-// done in the same 8-lane order on every path (combine_lanes), so every ISA returns the same
-// bits.
+// ISUM_b is kept in 8 partial lanes and the float steps are fixed (quant_linear_rows.h), so
+// every ISA returns the same bits.
 #pragma once
 
 #include <cstdint>
@@ -39,18 +38,13 @@ struct QuantLinearArgs {
 // Super-block count padded to whole 8-lane vectors: the stride of per-block float arrays.
 LMK_INLINE int64_t quant_combine_stride(int64_t super_blocks) { return (super_blocks + 7) / 8 * 8; }
 
-// Bytes of one activation row's unreduced block sums: 8 int32 lanes (one 32-byte vector) per
-// super-block.
-LMK_INLINE int64_t quant_lane_stride(const QuantShape& s) { return s.super_blocks * 8 * 4; }
-
 
 // Per-thread scratch a kernel needs for out_features rows [begin, end), in bytes.
 LMK_INLINE int64_t quant_linear_scratch_bytes(const QuantShape& s) {
-  // the expanded high plane, the block lanes and block sums of 4 rows, (d, dmin) pairs and
-  // the unit scales, each rounded up to 32 bytes.
+  // (d, dmin) pairs, the block scales and min sums of 4 rows, their float lanes and the unit
+  // scales, each rounded up to 32 bytes.
   const int64_t S8 = quant_combine_stride(s.super_blocks);
-  return s.units * kQuantUnit + kQuantRowChunk * quant_lane_stride(s) + S8 * 8 + 2 * kQuantRowChunk * S8 * 4 +
-         s.units * 2 + 6 * 32;
+  return S8 * 8 + 2 * kQuantRowChunk * S8 * 4 + kQuantRowChunk * 8 * 4 + s.units * 2 + 5 * 32;
 }
 
 // Computes out[:, begin:end]; returns false if a hi_groups entry was out of range (its

@@ -1,33 +1,40 @@
 // The row loop of quant_linear, shared by the per-ISA translation units.
 //
-// Per output row, the 4-bit groups' high bit plane is first expanded into a row buffer
-// `high` of one 32-byte unit per unit of the row: 4 * (high code) per byte for the 4-bit
-// groups' units, zero elsewhere (only the units written are cleared again afterwards). Then,
-// per chunk of up to 4 activation rows:
-//   1. the dense pass takes every unit's 4-bit code as low code | high, one multiply chain per
-//      unit with no second pass and no per-unit branch, shared by the chunk's rows, and leaves
-//      each super-block's partial sums in 8 int32 lanes without reducing them;
-//   2. the lanes are reduced to one exact integer sum per super-block, eight blocks at a time,
-//      and combined in float with the min term.
-// The integer sums do not depend on the order of evaluation, so every ISA returns the same
-// bits as long as the float combination is the same (combine_lanes).
+// Per output row, the row's scales are decoded once; then, per chunk of up to 4 activation
+// rows:
+//   1. dx[b] = d_b * xscale_b per super-block b;
+//   2. the dense pass multiplies every unit's low 2-bit codes, with no per-unit branch or
+//      offset, shared by the chunk's rows: per block, 8 exact int32 lanes, converted to float
+//      and accumulated as lane[j] += float(I_b[j]) * dx[b] in registers (nothing stored per
+//      block: Zen 1 retires one store per cycle, and per-block lane stores, their reduction and
+//      the high plane's expansion into a row buffer cost a third of the row's time);
+//   3. the high pass adds the 4-bit groups' high bits: each high unit's codes (straight from
+//      the packed high plane) times 4 * its scale, dotted with the activations at its unit,
+//      accumulated the same way with its block's dx;
+//   4. y = the 8 lanes reduced by a fixed tree, minus the min term.
+// Integer lane sums do not depend on the order of evaluation, and the float steps are the same
+// on every path (the scalar path keeps the 8 lanes too), so every ISA returns the same bits.
+// Lane j of a unit's dot product holds its weights 4j .. 4j + 3 (what maddubs + madd give).
 //
 // Each ISA file defines `Ops` with
-//   template <int UPG> static void expand_high(const uint8_t* plane, uint64_t first, int64_t count,
-//                                              const int16_t* hi_groups, uint8_t* high)
-//     for the high plane's units first .. first + count - 1 (unit i is the row's unit
-//     high_unit<UPG>(hi_groups, i)): high[unit * 32 + j] = 4 * code j of unit i
-//   template <int UPG> static void clear_high(int64_t count, const int16_t* hi_groups, uint8_t* high)
-//     zeroes those units of `high` again
-//   template <int MC> static void row_lanes(const uint8_t* lo, const uint8_t* high, const int8_t* const* x,
-//                                           const int16_t* unit_scales, int64_t units, int32_t* const* lanes)
-//     for each super-block b of the row's `units` units, lanes[m][8b..8b+7] = 8 int32 whose sum is
-//     the sum over the block's units u of unit_scales[u] * <low codes of u | high[u], x[m] + 32 u>
-//   static void reduce_lanes(const int32_t* lanes, int64_t blocks, int32_t* isum)  // isum[b] = sum of lanes[8b..8b+7]
+//   template <int MC> static void row_dot(const uint8_t* lo, const int8_t* const* x, const int16_t* unit_scales,
+//                                         int64_t units, const float* const* dx, float* const* lane)
+//     lane[m][0..7] = the dense pass over the row's `units` units, lane[j] = sum over blocks b in
+//     order of float(I_b[j]) * dx[m][b], I_b[j] = sum over the block's units u of
+//     unit_scales[u] * <low codes of u, x[m] + 32 u> over weights 4j .. 4j + 3
+//   template <int UPG, int MC> static void high_dot(const uint8_t* plane, uint64_t first, int64_t count,
+//                                                   const int16_t* hi_groups, const int16_t* unit_scales,
+//                                                   const int8_t* const* x, const float* const* dx,
+//                                                   float* const* lane)
+//     for the high plane's units i = first .. first + count - 1 in order (row unit u =
+//     high_unit<UPG>(hi_groups, i - first), block b = u / 8): lane[m][j] += float(H[j]) * dx[m][b],
+//     H[j] = 4 * unit_scales[u] * <codes of unit i, x[m] + 32 u> over weights 4j .. 4j + 3
+//   static void block_scales(const float* d_dmin, const float* xscale, int64_t S, float* dx)
+//     dx[b] = d_dmin[2b] * xscale[b] for b < quant_combine_stride(S)
 //   static void min_sums(const uint8_t* scales, const int16_t* xsum, const QuantShape& s, int32_t* msum)
 //     msum[b] = sum over super-block b's groups of min_code(scales[g]) * xsum[g]
-//   static float combine(const int32_t* isum, const int32_t* msum, const float* d_dmin, const float* xscale, int64_t S)
-//     combine_lanes() below, bit for bit
+//   static float min_term(const int32_t* msum, const float* d_dmin, const float* xscale, int64_t S)
+//     min_term_lanes() below, bit for bit
 //   static void decode_unit_scales(const uint8_t* scales, int64_t groups, int64_t units_per_group, int16_t* out)
 //   static void decode_halves(const uint16_t* src, float* dst, int64_t count)
 // Everything else (hi_groups checks, padding, bias, prefetching) is here, once.
@@ -46,10 +53,9 @@ constexpr int64_t kQuantPrefetchRows = 2;
 struct RowScratch {
   int16_t* unit_scales;  // [U]
   float* d_dmin;         // [2 * S8]: (d, dmin) per super-block, zero padded
-  int32_t* isum;         // [kQuantRowChunk][S8]
+  float* dx;             // [kQuantRowChunk][S8]: d_b * xscale_b
   int32_t* msum;         // [kQuantRowChunk][S8]
-  int32_t* lanes;        // [kQuantRowChunk][S][8]: unreduced block sums
-  uint8_t* high;         // [U][32]: the expanded high plane of the current row
+  float* lane;           // [kQuantRowChunk][8]: the float lanes of the dense and high passes
 };
 
 LMK_INLINE RowScratch carve_scratch(const QuantShape& s, void* scratch) {
@@ -61,10 +67,9 @@ LMK_INLINE RowScratch carve_scratch(const QuantShape& s, void* scratch) {
   };
   const int64_t S8 = quant_combine_stride(s.super_blocks);
   RowScratch r;
-  r.lanes = reinterpret_cast<int32_t*>(take(kQuantRowChunk * quant_lane_stride(s)));
-  r.high = reinterpret_cast<uint8_t*>(take(s.units * kQuantUnit));
   r.d_dmin = reinterpret_cast<float*>(take(S8 * 8));
-  r.isum = reinterpret_cast<int32_t*>(take(kQuantRowChunk * S8 * 4));
+  r.dx = reinterpret_cast<float*>(take(kQuantRowChunk * S8 * 4));
+  r.lane = reinterpret_cast<float*>(take(kQuantRowChunk * 8 * 4));
   r.msum = reinterpret_cast<int32_t*>(take(kQuantRowChunk * S8 * 4));
   r.unit_scales = reinterpret_cast<int16_t*>(take(s.units * 2));
   return r;
@@ -88,17 +93,20 @@ LMK_INLINE void min_sums_scalar(const uint8_t* scales, const int16_t* xsum, cons
   }
 }
 
-// y = sum over super-blocks of xscale_b * (d_b * isum_b - dmin_b * msum_b), in 8 float lanes
-// (lane = b mod 8, S padded to a multiple of 8 with zeros) reduced by a fixed tree: exactly
-// what an 8-wide vector loop computes, so the SIMD paths can match this bit for bit.
-LMK_INLINE float combine_lanes(const int32_t* isum, const int32_t* msum, const float* d_dmin, const float* xscale,
-                               int64_t S) {
+// The fixed reduction tree of 8 float lanes (what an 8-wide vector reduction computes).
+LMK_INLINE float lane_tree(const float* lane) {
+  return ((lane[0] + lane[4]) + (lane[2] + lane[6])) + ((lane[1] + lane[5]) + (lane[3] + lane[7]));
+}
+
+// The min term: sum over super-blocks of (dmin_b * xscale_b) * msum_b, in 8 float lanes
+// (lane = b mod 8, S padded to a multiple of 8 with zeros) reduced by lane_tree: exactly what
+// an 8-wide vector loop computes, so the SIMD paths can match this bit for bit.
+LMK_INLINE float min_term_lanes(const int32_t* msum, const float* d_dmin, const float* xscale, int64_t S) {
   float lane[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   for (int64_t b = 0; b < quant_combine_stride(S); ++b) {
-    const float t = d_dmin[2 * b] * static_cast<float>(isum[b]) - d_dmin[2 * b + 1] * static_cast<float>(msum[b]);
-    lane[b % 8] = lane[b % 8] + xscale[b] * t;
+    lane[b % 8] = lane[b % 8] + (d_dmin[2 * b + 1] * xscale[b]) * static_cast<float>(msum[b]);
   }
-  return ((lane[0] + lane[4]) + (lane[2] + lane[6])) + ((lane[1] + lane[5]) + (lane[3] + lane[7]));
+  return lane_tree(lane);
 }
 
 // Whether row n's hi_groups are strictly ascending and in range: ascending pairs, a first
@@ -116,49 +124,42 @@ LMK_INLINE int64_t high_unit(const int16_t* hi_groups, int64_t i) {
   return static_cast<int64_t>(hi_groups[i / UPG]) * UPG + i % UPG;
 }
 
-// Expands (clear = false) or clears again (clear = true) row n's units of `high`.
-template <class Ops>
-void row_high(const QuantLinearArgs& a, int64_t n, const RowScratch& rs, bool clear) {
+template <class Ops, int MC>
+void high_dot(const QuantLinearArgs& a, int64_t n, const int16_t* unit_scales, const int8_t* const* x,
+              const float* const* dx, float* const* lane) {
   const QuantShape& s = a.shape;
   const uint64_t first = static_cast<uint64_t>(n * s.hi_units);
   const int16_t* hi_groups = a.hi_groups + n * s.num_hi;
   switch (s.units_per_group) {
-    case 1: clear ? Ops::template clear_high<1>(s.hi_units, hi_groups, rs.high)
-                  : Ops::template expand_high<1>(a.codes_hi, first, s.hi_units, hi_groups, rs.high); break;
-    case 2: clear ? Ops::template clear_high<2>(s.hi_units, hi_groups, rs.high)
-                  : Ops::template expand_high<2>(a.codes_hi, first, s.hi_units, hi_groups, rs.high); break;
-    case 4: clear ? Ops::template clear_high<4>(s.hi_units, hi_groups, rs.high)
-                  : Ops::template expand_high<4>(a.codes_hi, first, s.hi_units, hi_groups, rs.high); break;
-    default: clear ? Ops::template clear_high<8>(s.hi_units, hi_groups, rs.high)
-                   : Ops::template expand_high<8>(a.codes_hi, first, s.hi_units, hi_groups, rs.high); break;
+    case 1: Ops::template high_dot<1, MC>(a.codes_hi, first, s.hi_units, hi_groups, unit_scales, x, dx, lane); break;
+    case 2: Ops::template high_dot<2, MC>(a.codes_hi, first, s.hi_units, hi_groups, unit_scales, x, dx, lane); break;
+    case 4: Ops::template high_dot<4, MC>(a.codes_hi, first, s.hi_units, hi_groups, unit_scales, x, dx, lane); break;
+    default: Ops::template high_dot<8, MC>(a.codes_hi, first, s.hi_units, hi_groups, unit_scales, x, dx, lane); break;
   }
 }
 
 template <class Ops, int MC>
-void row_chunk(const QuantLinearArgs& a, int64_t n, int64_t m0, const RowScratch& rs) {
+void row_chunk(const QuantLinearArgs& a, int64_t n, int64_t m0, const RowScratch& rs, bool high_ok) {
   const QuantShape& s = a.shape;
   const int64_t S = s.super_blocks, S8 = quant_combine_stride(S), xq_stride = S * kQuantSuperBlock;
-  const int64_t lane_stride = quant_lane_stride(s) / 4;
   const int8_t* x[MC];
-  int32_t* lanes[MC];
+  float* dx[MC];
+  float* lane[MC];
   for (int m = 0; m < MC; ++m) {
     x[m] = a.xq + (m0 + m) * xq_stride;
-    lanes[m] = rs.lanes + m * lane_stride;
+    dx[m] = rs.dx + m * S8;
+    lane[m] = rs.lane + m * 8;
+    Ops::block_scales(rs.d_dmin, a.xscale + (m0 + m) * S8, S, dx[m]);
   }
 
-  Ops::template row_lanes<MC>(a.codes_lo + n * s.lo_stride, rs.high, x, rs.unit_scales, s.units, lanes);
-
-  int32_t* isum[MC];
-  for (int m = 0; m < MC; ++m) {
-    isum[m] = rs.isum + m * S8;
-    Ops::reduce_lanes(lanes[m], S, isum[m]);
-  }
+  Ops::template row_dot<MC>(a.codes_lo + n * s.lo_stride, x, rs.unit_scales, s.units, dx, lane);
+  if (high_ok) high_dot<Ops, MC>(a, n, rs.unit_scales, x, dx, lane);
 
   const uint8_t* scales = a.scales + n * s.groups;
   for (int m = 0; m < MC; ++m) {
     int32_t* msum = rs.msum + m * S8;
     Ops::min_sums(scales, a.xsum + (m0 + m) * s.groups, s, msum);
-    float y = Ops::combine(isum[m], msum, rs.d_dmin, a.xscale + (m0 + m) * S8, S);
+    float y = lane_tree(lane[m]) - Ops::min_term(msum, rs.d_dmin, a.xscale + (m0 + m) * S8, S);
     if (a.bias) y = y + a.bias[n];
     a.out[(m0 + m) * s.out_features + n] = y;
   }
@@ -187,27 +188,24 @@ bool quant_rows(const QuantLinearArgs& a, int64_t begin, int64_t end, void* scra
   const int64_t S8 = quant_combine_stride(s.super_blocks);
   for (int64_t i = 2 * s.super_blocks; i < 2 * S8; ++i) rs.d_dmin[i] = 0.0f;
   // The padding lanes of the block sums: nothing writes past S, so once per call suffices.
-  for (int64_t i = 0; i < kQuantRowChunk * S8; ++i) rs.isum[i] = rs.msum[i] = 0;
-  std::memset(rs.high, 0, static_cast<size_t>(s.units * kQuantUnit));
+  for (int64_t i = 0; i < kQuantRowChunk * S8; ++i) rs.msum[i] = 0;
   bool ok = true;
   for (int64_t n = begin; n < end; ++n) {
     if (n + kQuantPrefetchRows < end) prefetch_row(a, n + kQuantPrefetchRows);
-    // Decode this row's scales and high plane once, off the inner loop, for every activation
-    // row. A bad row expands nothing (nothing is read through its hi_groups); the caller raises.
+    // Decode this row's scales once, off the inner loop, for every activation row. A bad row
+    // skips its high pass (nothing is read through its hi_groups); the caller raises.
     const bool high_ok = hi_groups_valid(s, a.hi_groups + n * s.num_hi);
     ok &= high_ok;
-    if (high_ok) row_high<Ops>(a, n, rs, false);
     Ops::decode_unit_scales(a.scales + n * s.groups, s.groups, s.units_per_group, rs.unit_scales);
     Ops::decode_halves(a.super_scales + n * s.super_blocks * 2, rs.d_dmin, 2 * s.super_blocks);
     int64_t m = 0;
-    for (; m + 4 <= a.rows; m += 4) row_chunk<Ops, 4>(a, n, m, rs);
+    for (; m + 4 <= a.rows; m += 4) row_chunk<Ops, 4>(a, n, m, rs, high_ok);
     switch (a.rows - m) {
-      case 3: row_chunk<Ops, 3>(a, n, m, rs); break;
-      case 2: row_chunk<Ops, 2>(a, n, m, rs); break;
-      case 1: row_chunk<Ops, 1>(a, n, m, rs); break;
+      case 3: row_chunk<Ops, 3>(a, n, m, rs, high_ok); break;
+      case 2: row_chunk<Ops, 2>(a, n, m, rs, high_ok); break;
+      case 1: row_chunk<Ops, 1>(a, n, m, rs, high_ok); break;
       default: break;
     }
-    if (high_ok) row_high<Ops>(a, n, rs, true);
   }
   return ok;
 }

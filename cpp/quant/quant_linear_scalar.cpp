@@ -1,61 +1,68 @@
-// Scalar path of quant_linear: the reference the SIMD paths must match bit for bit.
+// Scalar path of quant_linear: the reference the SIMD paths must match bit for bit. It keeps
+// the SIMD paths' 8 lanes (lane j: weights 4j .. 4j + 3 of every unit) so that the float steps
+// are the same.
 #include "quant/quant_linear_rows.h"
 
 namespace lmkernels {
 namespace {
 
+// The 8 lane sums of one unit's 32 codes (code(j) for weight j) against its activations.
+template <class Code>
+LMK_INLINE void unit_lanes(Code code, const int8_t* x, int32_t scale, int32_t* lanes) {
+  for (int j = 0; j < 8; ++j) {
+    int32_t dot = 0;
+    for (int t = 4 * j; t < 4 * j + 4; ++t) dot += code(t) * x[t];
+    lanes[j] += scale * dot;
+  }
+}
+
+LMK_INLINE void accumulate_lanes(const int32_t* ints, float dx, float* lane) {
+  for (int j = 0; j < 8; ++j) lane[j] = lane[j] + static_cast<float>(ints[j]) * dx;
+}
+
 struct ScalarOps {
-  // Each block's whole sum in lane 0: any split over the 8 lanes reduces to the same integer.
   template <int MC>
-  static void row_lanes(const uint8_t* lo, const uint8_t* high, const int8_t* const* x, const int16_t* unit_scales,
-                        int64_t units, int32_t* const* lanes) {
+  static void row_dot(const uint8_t* lo, const int8_t* const* x, const int16_t* unit_scales, int64_t units,
+                      const float* const* dx, float* const* lane) {
     for (int m = 0; m < MC; ++m) {
+      for (int j = 0; j < 8; ++j) lane[m][j] = 0.0f;
       for (int64_t b = 0; b * kQuantSuperUnits < units; ++b) {
-        int32_t sum = 0;
+        int32_t ints[8] = {0, 0, 0, 0, 0, 0, 0, 0};
         for (int64_t u = b * kQuantSuperUnits; u < units && u < (b + 1) * kQuantSuperUnits; ++u) {
-          int32_t dot = 0;
-          for (int j = 0; j < kQuantUnit; ++j) {
-            dot += (unit_code(lo, u, j) | high[u * kQuantUnit + j]) * x[m][u * kQuantUnit + j];
-          }
-          sum += unit_scales[u] * dot;
+          unit_lanes([&](int t) { return unit_code(lo, u, t); }, x[m] + u * kQuantUnit, unit_scales[u], ints);
         }
-        lanes[m][8 * b] = sum;
-        for (int l = 1; l < 8; ++l) lanes[m][8 * b + l] = 0;
+        accumulate_lanes(ints, dx[m][b], lane[m]);
       }
     }
   }
 
-  template <int UPG>
-  static void expand_high(const uint8_t* plane, uint64_t first, int64_t count, const int16_t* hi_groups, uint8_t* high) {
+  template <int UPG, int MC>
+  static void high_dot(const uint8_t* plane, uint64_t first, int64_t count, const int16_t* hi_groups,
+                       const int16_t* unit_scales, const int8_t* const* x, const float* const* dx,
+                       float* const* lane) {
     for (int64_t i = 0; i < count; ++i) {
-      const int64_t unit = high_unit<UPG>(hi_groups, i);
       const uint64_t h = first + static_cast<uint64_t>(i);
-      for (int j = 0; j < kQuantUnit; ++j) {
-        high[unit * kQuantUnit + j] = static_cast<uint8_t>(
-            4 * unit_code(plane + h / kQuantQuadUnits * kQuantQuadBytes, static_cast<int>(h % kQuantQuadUnits), j));
+      const uint8_t* quad = plane + h / kQuantQuadUnits * kQuantQuadBytes;
+      const int64_t unit = high_unit<UPG>(hi_groups, i);
+      for (int m = 0; m < MC; ++m) {
+        int32_t ints[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+        unit_lanes([&](int t) { return unit_code(quad, static_cast<int>(h % kQuantQuadUnits), t); },
+                   x[m] + unit * kQuantUnit, 4 * unit_scales[unit], ints);
+        accumulate_lanes(ints, dx[m][unit / kQuantSuperUnits], lane[m]);
       }
     }
   }
 
-  template <int UPG>
-  static void clear_high(int64_t count, const int16_t* hi_groups, uint8_t* high) {
-    for (int64_t i = 0; i < count; ++i) std::memset(high + high_unit<UPG>(hi_groups, i) * kQuantUnit, 0, kQuantUnit);
-  }
-
-  static void reduce_lanes(const int32_t* lanes, int64_t blocks, int32_t* isum) {
-    for (int64_t b = 0; b < blocks; ++b) {
-      int32_t sum = 0;
-      for (int l = 0; l < 8; ++l) sum += lanes[8 * b + l];
-      isum[b] = sum;
-    }
+  static void block_scales(const float* d_dmin, const float* xscale, int64_t S, float* dx) {
+    for (int64_t b = 0; b < quant_combine_stride(S); ++b) dx[b] = d_dmin[2 * b] * xscale[b];
   }
 
   static void min_sums(const uint8_t* scales, const int16_t* xsum, const QuantShape& s, int32_t* msum) {
     min_sums_scalar(scales, xsum, s, 0, msum);
   }
 
-  static float combine(const int32_t* isum, const int32_t* msum, const float* d_dmin, const float* xscale, int64_t S) {
-    return combine_lanes(isum, msum, d_dmin, xscale, S);
+  static float min_term(const int32_t* msum, const float* d_dmin, const float* xscale, int64_t S) {
+    return min_term_lanes(msum, d_dmin, xscale, S);
   }
 
   static void decode_unit_scales(const uint8_t* scales, int64_t groups, int64_t units_per_group, int16_t* out) {
