@@ -1,11 +1,35 @@
-// AVX2 path of quant_linear. A quad (4 units, 32 bytes) is loaded once; unit i's codes are
-// (quad >> 2i) & 3 per byte, a shift by an immediate (variable per-lane shifts are several
-// times slower on Zen 1). maddubs + madd per unit is what bounds this loop on Zen 1 (both run
-// on one pipe, two cycles per 256-bit op).
+// AVX2 path of quant_linear. A quad (4 units, 32 bytes) is loaded once. On Zen 1 the
+// multiplies (maddubs, madd: one pipe, two cycles per 256-bit op) and the sheer µop count
+// bound this loop, so the unit's scale is folded into its codes by a table lookup instead of
+// a madd per unit: a byte's low nibble holds units 0 and 1 of the quad, its high nibble units
+// 2 and 3, and pshufb with a 16-entry table of (code of unit a or b) * scale gives a unit's
+// scaled codes (at most 3 * 15) with one and per two units and no per-unit shift. maddubs
+// against the int8 activations stays below 2 * 45 * 127 per int16 lane, so two units add in
+// int16 before one madd widens them: the same int32 lanes as scale * madd(maddubs(codes, x)).
 #include "quant/quant_linear_avx2_parts.h"
 
 namespace lmkernels {
 namespace {
+
+// kScaledCodes[pair][sc][n] = (code of unit `pair` in nibble n) * sc: unit 0 of a nibble is
+// its bits 0..1, unit 1 its bits 2..3.
+struct ScaledCodeTables {
+  alignas(16) uint8_t t[2][16][16];
+  constexpr ScaledCodeTables() : t{} {
+    for (int sc = 0; sc < 16; ++sc) {
+      for (int n = 0; n < 16; ++n) {
+        t[0][sc][n] = static_cast<uint8_t>((n & 3) * sc);
+        t[1][sc][n] = static_cast<uint8_t>((n >> 2) * sc);
+      }
+    }
+  }
+};
+constexpr ScaledCodeTables kScaledCodes{};
+
+inline __m256i scaled_codes(__m256i nibbles, int pair, int16_t scale) {
+  const __m128i table = _mm_load_si128(reinterpret_cast<const __m128i*>(kScaledCodes.t[pair][scale]));
+  return _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(table), nibbles);
+}
 
 template <int MC>
 inline void accumulate_unit(__m256i* acc, __m256i codes, const int8_t* const* x, int64_t unit, int16_t scale) {
@@ -15,12 +39,22 @@ inline void accumulate_unit(__m256i* acc, __m256i codes, const int8_t* const* x,
 
 inline __m256i low_codes(__m256i shifted) { return _mm256_and_si256(shifted, _mm256_set1_epi8(3)); }
 
+inline __m256i unit_products(__m256i scaled, const int8_t* x) {
+  return _mm256_maddubs_epi16(scaled, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x)));
+}
+
 template <int MC>
 inline void accumulate_quad(__m256i* acc, __m256i q, const int8_t* const* x, int64_t u, const int16_t* unit_scales) {
-  accumulate_unit<MC>(acc, low_codes(q), x, u, unit_scales[u]);
-  accumulate_unit<MC>(acc, low_codes(_mm256_srli_epi16(q, 2)), x, u + 1, unit_scales[u + 1]);
-  accumulate_unit<MC>(acc, low_codes(_mm256_srli_epi16(q, 4)), x, u + 2, unit_scales[u + 2]);
-  accumulate_unit<MC>(acc, low_codes(_mm256_srli_epi16(q, 6)), x, u + 3, unit_scales[u + 3]);
+  const __m256i nibble = _mm256_set1_epi8(15), ones = _mm256_set1_epi16(1);
+  const __m256i n01 = _mm256_and_si256(q, nibble), n23 = _mm256_and_si256(_mm256_srli_epi16(q, 4), nibble);
+  const __m256i c0 = scaled_codes(n01, 0, unit_scales[u]), c1 = scaled_codes(n01, 1, unit_scales[u + 1]);
+  const __m256i c2 = scaled_codes(n23, 0, unit_scales[u + 2]), c3 = scaled_codes(n23, 1, unit_scales[u + 3]);
+  for (int m = 0; m < MC; ++m) {
+    const int8_t* xu = x[m] + u * kQuantUnit;
+    const __m256i p01 = _mm256_add_epi16(unit_products(c0, xu), unit_products(c1, xu + kQuantUnit));
+    const __m256i p23 = _mm256_add_epi16(unit_products(c2, xu + 2 * kQuantUnit), unit_products(c3, xu + 3 * kQuantUnit));
+    acc[m] = _mm256_add_epi32(acc[m], _mm256_add_epi32(_mm256_madd_epi16(p01, ones), _mm256_madd_epi16(p23, ones)));
+  }
 }
 
 struct Avx2Ops : Avx2Common {
