@@ -44,7 +44,7 @@ inline __m256i unit_products(__m256i scaled, const int8_t* x) {
 }
 
 template <int MC>
-inline void accumulate_quad(__m256i* acc, __m256i q, const int8_t* const* x, int64_t u, const int16_t* unit_scales) {
+inline void accumulate_quad(__m256i* acc, __m256i q, const int8_t* const* x, int64_t u, UnitScales unit_scales) {
   const __m256i nibble = _mm256_set1_epi8(15), ones = _mm256_set1_epi16(1);
   const __m256i n01 = _mm256_and_si256(q, nibble), n23 = _mm256_and_si256(_mm256_srli_epi16(q, 4), nibble);
   const __m256i c0 = scaled_codes(n01, 0, unit_scales[u]), c1 = scaled_codes(n01, 1, unit_scales[u + 1]);
@@ -61,7 +61,7 @@ struct Avx2Ops : Avx2Common {
   // Whole blocks fully unrolled (two quads), each block's int lanes folded into the float
   // lanes in registers.
   template <int MC>
-  static void row_dot(const uint8_t* lo, const int8_t* const* x, const int16_t* unit_scales, int64_t units,
+  static void row_dot(const uint8_t* lo, const int8_t* const* x, UnitScales unit_scales, int64_t units,
                       const float* const* dx, float* const* lane) {
     __m256 facc[MC];
     for (int m = 0; m < MC; ++m) facc[m] = _mm256_setzero_ps();

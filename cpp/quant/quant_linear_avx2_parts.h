@@ -31,7 +31,7 @@ struct Avx2Common {
   // `first`; a row's first and last quads may hold its neighbours' units, which are skipped.
   template <int UPG, int MC>
   static void high_dot(const uint8_t* plane, uint64_t first, int64_t count, const int16_t* hi_groups,
-                       const int16_t* unit_scales, const int8_t* const* x, const float* const* dx,
+                       UnitScales unit_scales, const int8_t* const* x, const float* const* dx,
                        float* const* lane) {
     __m256 acc[MC];
     for (int m = 0; m < MC; ++m) acc[m] = _mm256_loadu_ps(lane[m]);
@@ -115,17 +115,6 @@ struct Avx2Common {
     alignas(32) float lane[8];
     _mm256_store_ps(lane, acc);
     return lane_tree(lane);
-  }
-
-  static void decode_unit_scales(const uint8_t* scales, int64_t groups, int64_t units_per_group, int16_t* out) {
-    int64_t g = 0;
-    if (units_per_group == 1) {
-      for (; g + 16 <= groups; g += 16) {
-        const __m256i wide = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(scales + g)));
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + g), _mm256_and_si256(wide, _mm256_set1_epi16(15)));
-      }
-    }
-    decode_unit_scales_scalar(scales, g, groups, units_per_group, out);
   }
 
   static void decode_halves(const uint16_t* src, float* dst, int64_t count) {

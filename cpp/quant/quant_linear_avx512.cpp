@@ -14,7 +14,7 @@ inline __m512i quad_unit_pair(__m512i quad2, __m512i shifts) {
 }
 
 template <int MC>
-inline void accumulate_pair(__m512i* acc, __m512i codes, const int8_t* const* x, int64_t u, const int16_t* scales) {
+inline void accumulate_pair(__m512i* acc, __m512i codes, const int8_t* const* x, int64_t u, UnitScales scales) {
   const __m512i s16 = _mm512_inserti64x4(_mm512_set1_epi16(scales[u]), _mm256_set1_epi16(scales[u + 1]), 1);
   for (int m = 0; m < MC; ++m) {
     const __m512i xv = _mm512_loadu_si512(x[m] + u * kQuantUnit);
@@ -24,7 +24,7 @@ inline void accumulate_pair(__m512i* acc, __m512i codes, const int8_t* const* x,
 
 struct Avx512Ops : Avx2Common {
   template <int MC>
-  static void row_dot(const uint8_t* lo, const int8_t* const* x, const int16_t* unit_scales, int64_t units,
+  static void row_dot(const uint8_t* lo, const int8_t* const* x, UnitScales unit_scales, int64_t units,
                       const float* const* dx, float* const* lane) {
     __m256 facc[MC];
     for (int m = 0; m < MC; ++m) facc[m] = _mm256_setzero_ps();
@@ -40,7 +40,7 @@ struct Avx512Ops : Avx2Common {
 
   // The int lanes of units u0 .. u0 + units - 1 (one super-block).
   template <int MC>
-  static void block_ints(const uint8_t* quads, const int8_t* const* x, const int16_t* unit_scales, int64_t u0,
+  static void block_ints(const uint8_t* quads, const int8_t* const* x, UnitScales unit_scales, int64_t u0,
                          int units, __m256i* ints) {
     const __m512i shifts01 = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(2), 1);
     const __m512i shifts23 = _mm512_inserti64x4(_mm512_set1_epi16(4), _mm256_set1_epi16(6), 1);

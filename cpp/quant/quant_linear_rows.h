@@ -1,6 +1,6 @@
 // The row loop of quant_linear, shared by the per-ISA translation units.
 //
-// Per output row, the row's scales are decoded once; then, per chunk of up to 4 activation
+// Per output row, the row's super-block scales are decoded once; then, per chunk of up to 4 activation
 // rows:
 //   1. dx[b] = d_b * xscale_b per super-block b;
 //   2. the dense pass multiplies every unit's low 2-bit codes, with no per-unit branch or
@@ -17,13 +17,13 @@
 // Lane j of a unit's dot product holds its weights 4j .. 4j + 3 (what maddubs + madd give).
 //
 // Each ISA file defines `Ops` with
-//   template <int MC> static void row_dot(const uint8_t* lo, const int8_t* const* x, const int16_t* unit_scales,
+//   template <int MC> static void row_dot(const uint8_t* lo, const int8_t* const* x, UnitScales unit_scales,
 //                                         int64_t units, const float* const* dx, float* const* lane)
 //     lane[m][0..7] = the dense pass over the row's `units` units, lane[j] = sum over blocks b in
 //     order of float(I_b[j]) * dx[m][b], I_b[j] = sum over the block's units u of
 //     unit_scales[u] * <low codes of u, x[m] + 32 u> over weights 4j .. 4j + 3
 //   template <int UPG, int MC> static void high_dot(const uint8_t* plane, uint64_t first, int64_t count,
-//                                                   const int16_t* hi_groups, const int16_t* unit_scales,
+//                                                   const int16_t* hi_groups, UnitScales unit_scales,
 //                                                   const int8_t* const* x, const float* const* dx,
 //                                                   float* const* lane)
 //     for the high plane's units i = first .. first + count - 1 in order (row unit u =
@@ -35,7 +35,6 @@
 //     msum[b] = sum over super-block b's groups of min_code(scales[g]) * xsum[g]
 //   static float min_term(const int32_t* msum, const float* d_dmin, const float* xscale, int64_t S)
 //     min_term_lanes() below, bit for bit
-//   static void decode_unit_scales(const uint8_t* scales, int64_t groups, int64_t units_per_group, int16_t* out)
 //   static void decode_halves(const uint16_t* src, float* dst, int64_t count)
 // Everything else (hi_groups checks, padding, bias, prefetching) is here, once.
 #pragma once
@@ -51,7 +50,6 @@ namespace {
 constexpr int64_t kQuantPrefetchRows = 2;
 
 struct RowScratch {
-  int16_t* unit_scales;  // [U]
   float* d_dmin;         // [2 * S8]: (d, dmin) per super-block, zero padded
   float* dx;             // [kQuantRowChunk][S8]: d_b * xscale_b
   int32_t* msum;         // [kQuantRowChunk][S8]
@@ -71,16 +69,16 @@ LMK_INLINE RowScratch carve_scratch(const QuantShape& s, void* scratch) {
   r.dx = reinterpret_cast<float*>(take(kQuantRowChunk * S8 * 4));
   r.lane = reinterpret_cast<float*>(take(kQuantRowChunk * 8 * 4));
   r.msum = reinterpret_cast<int32_t*>(take(kQuantRowChunk * S8 * 4));
-  r.unit_scales = reinterpret_cast<int16_t*>(take(s.units * 2));
   return r;
 }
 
-LMK_INLINE void decode_unit_scales_scalar(const uint8_t* scales, int64_t begin, int64_t groups,
-                                          int64_t units_per_group, int16_t* out) {
-  for (int64_t g = begin; g < groups; ++g) {
-    for (int64_t k = 0; k < units_per_group; ++k) out[g * units_per_group + k] = static_cast<int16_t>(scale_code(scales[g]));
-  }
-}
+// A row's unit scales read straight from its packed scale bytes (a decoded copy per row cost
+// a few percent: stores, and loads that waited on them).
+struct UnitScales {
+  const uint8_t* packed;  // the row's scales: scale code | min code << 4 per group
+  int shift;              // log2(units per group)
+  int operator[](int64_t unit) const { return scale_code(packed[unit >> shift]); }
+};
 
 LMK_INLINE void min_sums_scalar(const uint8_t* scales, const int16_t* xsum, const QuantShape& s, int64_t first_block,
                                 int32_t* msum) {
@@ -125,7 +123,7 @@ LMK_INLINE int64_t high_unit(const int16_t* hi_groups, int64_t i) {
 }
 
 template <class Ops, int MC>
-void high_dot(const QuantLinearArgs& a, int64_t n, const int16_t* unit_scales, const int8_t* const* x,
+void high_dot(const QuantLinearArgs& a, int64_t n, UnitScales unit_scales, const int8_t* const* x,
               const float* const* dx, float* const* lane) {
   const QuantShape& s = a.shape;
   const uint64_t first = static_cast<uint64_t>(n * s.hi_units);
@@ -139,7 +137,8 @@ void high_dot(const QuantLinearArgs& a, int64_t n, const int16_t* unit_scales, c
 }
 
 template <class Ops, int MC>
-void row_chunk(const QuantLinearArgs& a, int64_t n, int64_t m0, const RowScratch& rs, bool high_ok) {
+void row_chunk(const QuantLinearArgs& a, int64_t n, int64_t m0, const RowScratch& rs, UnitScales unit_scales,
+               bool high_ok) {
   const QuantShape& s = a.shape;
   const int64_t S = s.super_blocks, S8 = quant_combine_stride(S), xq_stride = S * kQuantSuperBlock;
   const int8_t* x[MC];
@@ -152,8 +151,8 @@ void row_chunk(const QuantLinearArgs& a, int64_t n, int64_t m0, const RowScratch
     Ops::block_scales(rs.d_dmin, a.xscale + (m0 + m) * S8, S, dx[m]);
   }
 
-  Ops::template row_dot<MC>(a.codes_lo + n * s.lo_stride, x, rs.unit_scales, s.units, dx, lane);
-  if (high_ok) high_dot<Ops, MC>(a, n, rs.unit_scales, x, dx, lane);
+  Ops::template row_dot<MC>(a.codes_lo + n * s.lo_stride, x, unit_scales, s.units, dx, lane);
+  if (high_ok) high_dot<Ops, MC>(a, n, unit_scales, x, dx, lane);
 
   const uint8_t* scales = a.scales + n * s.groups;
   for (int m = 0; m < MC; ++m) {
@@ -196,14 +195,14 @@ bool quant_rows(const QuantLinearArgs& a, int64_t begin, int64_t end, void* scra
     // skips its high pass (nothing is read through its hi_groups); the caller raises.
     const bool high_ok = hi_groups_valid(s, a.hi_groups + n * s.num_hi);
     ok &= high_ok;
-    Ops::decode_unit_scales(a.scales + n * s.groups, s.groups, s.units_per_group, rs.unit_scales);
+    const UnitScales unit_scales{a.scales + n * s.groups, __builtin_ctzll(static_cast<uint64_t>(s.units_per_group))};
     Ops::decode_halves(a.super_scales + n * s.super_blocks * 2, rs.d_dmin, 2 * s.super_blocks);
     int64_t m = 0;
-    for (; m + 4 <= a.rows; m += 4) row_chunk<Ops, 4>(a, n, m, rs, high_ok);
+    for (; m + 4 <= a.rows; m += 4) row_chunk<Ops, 4>(a, n, m, rs, unit_scales, high_ok);
     switch (a.rows - m) {
-      case 3: row_chunk<Ops, 3>(a, n, m, rs, high_ok); break;
-      case 2: row_chunk<Ops, 2>(a, n, m, rs, high_ok); break;
-      case 1: row_chunk<Ops, 1>(a, n, m, rs, high_ok); break;
+      case 3: row_chunk<Ops, 3>(a, n, m, rs, unit_scales, high_ok); break;
+      case 2: row_chunk<Ops, 2>(a, n, m, rs, unit_scales, high_ok); break;
+      case 1: row_chunk<Ops, 1>(a, n, m, rs, unit_scales, high_ok); break;
       default: break;
     }
   }

@@ -22,7 +22,7 @@ LMK_INLINE void accumulate_lanes(const int32_t* ints, float dx, float* lane) {
 
 struct ScalarOps {
   template <int MC>
-  static void row_dot(const uint8_t* lo, const int8_t* const* x, const int16_t* unit_scales, int64_t units,
+  static void row_dot(const uint8_t* lo, const int8_t* const* x, UnitScales unit_scales, int64_t units,
                       const float* const* dx, float* const* lane) {
     for (int m = 0; m < MC; ++m) {
       for (int j = 0; j < 8; ++j) lane[m][j] = 0.0f;
@@ -38,7 +38,7 @@ struct ScalarOps {
 
   template <int UPG, int MC>
   static void high_dot(const uint8_t* plane, uint64_t first, int64_t count, const int16_t* hi_groups,
-                       const int16_t* unit_scales, const int8_t* const* x, const float* const* dx,
+                       UnitScales unit_scales, const int8_t* const* x, const float* const* dx,
                        float* const* lane) {
     for (int64_t i = 0; i < count; ++i) {
       const uint64_t h = first + static_cast<uint64_t>(i);
@@ -63,10 +63,6 @@ struct ScalarOps {
 
   static float min_term(const int32_t* msum, const float* d_dmin, const float* xscale, int64_t S) {
     return min_term_lanes(msum, d_dmin, xscale, S);
-  }
-
-  static void decode_unit_scales(const uint8_t* scales, int64_t groups, int64_t units_per_group, int16_t* out) {
-    decode_unit_scales_scalar(scales, 0, groups, units_per_group, out);
   }
 
   static void decode_halves(const uint16_t* src, float* dst, int64_t count) {
