@@ -54,9 +54,7 @@ def varlen_attention_forward(
             raise ValueError("lmkernels_varlen attention: padded batches are not supported; pack the prompts")
         cu_q = torch.arange(0, (batch + 1) * q_len, q_len, dtype=torch.int32, device=query.device)
         cu_k = torch.arange(0, (batch + 1) * k_len, k_len, dtype=torch.int32, device=query.device)
-    sink = kwargs.get(KV_SINK_KWARG)
-    if sink is not None:
-        sink.store(module, key, value)
+    _offer_to_sink(kwargs, module, key, value)
     q = query.transpose(1, 2).reshape(batch * q_len, heads, dim)
     k = key.transpose(1, 2).reshape(batch * k_len, key.shape[1], dim)
     v = value.transpose(1, 2).reshape(batch * k_len, value.shape[1], dim)
@@ -92,9 +90,7 @@ def flex_prefill_attention_forward(
         return varlen_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
     if dropout and module.training:
         raise NotImplementedError("lmkernels_flex_prefill attention has no dropout; use it for inference")
-    sink = kwargs.get(KV_SINK_KWARG)
-    if sink is not None:
-        sink.store(module, key, value)
+    _offer_to_sink(kwargs, module, key, value)
     options = dict(getattr(config, "flex_prefill", None) or {})
     if packed_prefill:
         batch, heads, q_len, dim = query.shape
@@ -185,15 +181,26 @@ class _PackedKVSink:
         self.buffer[layer, 1, :, self.start:end].copy_(value[0])
         self.stored[layer] += key.shape[2]
 
-    def layer_views(self, start: int, length: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Per layer, the keys and values ``[1, kv_heads, length, dim]`` of tokens ``start ..``."""
+    def check_complete(self) -> None:
+        """Refuses (instead of handing back an unwritten cache) when a layer's attention bypassed
+        the registered function for some tokens."""
         missing = [layer for layer, n in enumerate(self.stored) if n != self.total_tokens]
         if self.buffer is None or missing:
-            # A layer whose attention bypassed the registered function would hand back an
-            # unwritten cache: refuse instead.
             raise RuntimeError(f"prefill: layers {missing} did not pass all {self.total_tokens} tokens' keys and "
                                "values through lmkernels attention; this model is not supported by prefill")
+
+    def layer_views(self, start: int, length: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per layer, the keys and values ``[1, kv_heads, length, dim]`` of tokens ``start ..``
+        (after `check_complete`)."""
+        assert self.buffer is not None
         return [(kv[0, :, start:start + length][None], kv[1, :, start:start + length][None]) for kv in self.buffer]
+
+
+def _offer_to_sink(kwargs: dict, module: torch.nn.Module, key: torch.Tensor, value: torch.Tensor) -> None:
+    """Hands a layer's keys and values to prefill's packed buffer when the forward carries one."""
+    sink = kwargs.get(KV_SINK_KWARG)
+    if sink is not None:
+        sink.store(module, key, value)
 
 
 def _cache_from_views(cache: Any, per_layer: list) -> Any:
@@ -267,6 +274,7 @@ def prefill(
                 logits[i] = out.logits[0, slot]
                 starts[i] = sink.start
                 sink.start += member_lengths[slot]
+    sink.check_complete()
     for i, t in enumerate(tensors):
         caches[i] = _cache_from_views(DynamicCache(config=model.config), sink.layer_views(starts[i], t.numel()))
     return PrefillResult(torch.stack(logits), caches, packing)
