@@ -41,10 +41,10 @@ LMK_INLINE int64_t quant_combine_stride(int64_t super_blocks) { return (super_bl
 
 // Per-thread scratch a kernel needs for out_features rows [begin, end), in bytes.
 LMK_INLINE int64_t quant_linear_scratch_bytes(const QuantShape& s) {
-  // (d, dmin) pairs, the block scales and min sums of 4 rows, their float lanes and the unit
-  // scales, each rounded up to 32 bytes.
+  // (d, dmin) pairs, and the block scales, min sums and float lanes of 4 rows, each rounded up
+  // to 32 bytes.
   const int64_t S8 = quant_combine_stride(s.super_blocks);
-  return S8 * 8 + 2 * kQuantRowChunk * S8 * 4 + kQuantRowChunk * 8 * 4 + s.units * 2 + 5 * 32;
+  return S8 * 8 + 2 * kQuantRowChunk * S8 * 4 + kQuantRowChunk * 8 * 4 + 4 * 32;
 }
 
 // Computes out[:, begin:end]; returns false if a hi_groups entry was out of range (its

@@ -1,13 +1,13 @@
 // The row loop of quant_linear, shared by the per-ISA translation units.
 //
-// Per output row, the row's super-block scales are decoded once; then, per chunk of up to 4 activation
-// rows:
+// Per output row, the row's super-block scales are decoded once; then, per chunk of up to 4
+// activation rows:
 //   1. dx[b] = d_b * xscale_b per super-block b;
 //   2. the dense pass multiplies every unit's low 2-bit codes, with no per-unit branch or
 //      offset, shared by the chunk's rows: per block, 8 exact int32 lanes, converted to float
-//      and accumulated as lane[j] += float(I_b[j]) * dx[b] in registers (nothing stored per
-//      block: Zen 1 retires one store per cycle, and per-block lane stores, their reduction and
-//      the high plane's expansion into a row buffer cost a third of the row's time);
+//      and accumulated as lane[j] += float(I_b[j]) * dx[b] in registers (nothing is stored per
+//      unit or per block: Zen 1 retires one store per cycle, and expanding the high plane into
+//      a row buffer cost about a quarter of a row);
 //   3. the high pass adds the 4-bit groups' high bits: each high unit's codes (straight from
 //      the packed high plane) times 4 * its scale, dotted with the activations at its unit,
 //      accumulated the same way with its block's dx;
@@ -40,7 +40,6 @@
 #pragma once
 
 #include <cstdint>
-#include <cstring>
 
 #include "quant/quant_linear_kernel.h"
 
@@ -191,8 +190,8 @@ bool quant_rows(const QuantLinearArgs& a, int64_t begin, int64_t end, void* scra
   bool ok = true;
   for (int64_t n = begin; n < end; ++n) {
     if (n + kQuantPrefetchRows < end) prefetch_row(a, n + kQuantPrefetchRows);
-    // Decode this row's scales once, off the inner loop, for every activation row. A bad row
-    // skips its high pass (nothing is read through its hi_groups); the caller raises.
+    // Decode this row's super-block scales once, off the inner loop, for every activation row.
+    // A bad row skips its high pass (nothing is read through its hi_groups); the caller raises.
     const bool high_ok = hi_groups_valid(s, a.hi_groups + n * s.num_hi);
     ok &= high_ok;
     const UnitScales unit_scales{a.scales + n * s.groups, __builtin_ctzll(static_cast<uint64_t>(s.units_per_group))};
