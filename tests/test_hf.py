@@ -102,6 +102,29 @@ def test_prefill_refuses_a_layer_that_bypasses_its_attention(model, monkeypatch)
         hf.prefill(model, prompts_of([4, 6]))
 
 
+@pytest.mark.parametrize("release_memory, trims", [("layer", 2 * 3), ("row", 3), ("off", 0)])
+def test_prefill_release_memory_trims_the_heap_and_changes_nothing_else(model, monkeypatch, release_memory, trims):
+    """Two layers, three rows of capacity 8: one trim per layer and row, one per row, none."""
+    prompts = prompts_of([8, 5, 3, 7])
+    want = hf.prefill(model, prompts, 8, release_memory="off")
+    calls = []
+    monkeypatch.setattr(hf, "_malloc_trim", lambda: calls.append)
+    got = hf.prefill(model, prompts, 8, release_memory=release_memory)
+    assert got.packing.num_rows == 3
+    assert len(calls) == trims and all(pad == 0 for pad in calls)
+    assert torch.equal(got.logits, want.logits)
+    for a, b in zip(got.caches, want.caches):
+        for la, lb in zip(a.layers, b.layers):
+            assert torch.equal(la.keys, lb.keys) and torch.equal(la.values, lb.values)
+
+
+def test_prefill_release_memory_without_malloc_trim(model, monkeypatch):
+    """A C library without malloc_trim (macOS, musl): the option is accepted and does nothing."""
+    monkeypatch.setattr(hf, "_malloc_trim", lambda: None)
+    got = hf.prefill(model, prompts_of([3, 4]), release_memory="layer")
+    assert got.logits.shape[0] == 2
+
+
 def test_prefill_bad_inputs(model):
     with pytest.raises(ValueError, match="prompts is empty"):
         hf.prefill(model, [])
@@ -109,6 +132,8 @@ def test_prefill_bad_inputs(model):
         hf.prefill(model, [[1, 2], []])
     with pytest.raises(ValueError, match="does not fit the capacity 3"):
         hf.prefill(model, [[1, 2, 3, 4]], 3)
+    with pytest.raises(ValueError, match="release_memory must be one of"):
+        hf.prefill(model, [[1, 2]], release_memory="sometimes")
     assert model.config._attn_implementation == "sdpa"
 
 

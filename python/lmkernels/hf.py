@@ -11,6 +11,8 @@ prompts at once and hands back a standard ``DynamicCache`` per prompt.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
@@ -23,6 +25,28 @@ ATTENTION_NAME = "lmkernels_varlen"
 FLEX_ATTENTION_NAME = "lmkernels_flex_prefill"
 DEFAULT_ROW_TOKENS = 2048
 KV_SINK_KWARG = "lmkernels_kv_sink"
+RELEASE_MEMORY_CHOICES = ("layer", "row", "off")
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:  # the process's own symbols: glibc's malloc_trim where the C library is glibc
+        return ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError, TypeError):  # macOS, musl, Windows: nothing to trim
+        return None
+
+
+def _release_free_heap() -> None:
+    """Hands the heap's free pages back to the OS (glibc ``malloc_trim``; no-op elsewhere).
+
+    A forward frees tens of MB of temporaries of assorted sizes; glibc keeps the freed pages
+    resident and the next layer's tensors fit its holes only partly, so without this the
+    process's peak grows by the fragmentation. Nothing else changes: the pages come back, as
+    page faults, when they are used again.
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def varlen_attention_forward(
@@ -163,8 +187,9 @@ class _PackedKVSink:
     peak on the short prefill bench: about 195 MB -> 170 MB).
     """
 
-    def __init__(self, num_layers: int, total_tokens: int) -> None:
+    def __init__(self, num_layers: int, total_tokens: int, release_each_layer: bool = False) -> None:
         self.num_layers, self.total_tokens = num_layers, total_tokens
+        self.release_each_layer = release_each_layer
         self.buffer: torch.Tensor | None = None  # [layers, 2, kv_heads, total_tokens, dim]
         self.start = 0  # token offset of the row being run
         self.stored = [0] * num_layers  # tokens each layer has written
@@ -180,6 +205,8 @@ class _PackedKVSink:
         self.buffer[layer, 0, :, self.start:end].copy_(key[0])
         self.buffer[layer, 1, :, self.start:end].copy_(value[0])
         self.stored[layer] += key.shape[2]
+        if self.release_each_layer:
+            _release_free_heap()
 
     def check_complete(self) -> None:
         """Refuses (instead of handing back an unwritten cache) when a layer's attention bypassed
@@ -227,6 +254,7 @@ def prefill(
     capacity: int | None = None,
     *,
     algorithm: str = "bfd",
+    release_memory: str = "layer",
 ) -> PrefillResult:
     """Prefill many prompts with packed forward passes instead of a padded batch.
 
@@ -238,8 +266,17 @@ def prefill(
     bench's peak memory from about 260 MB to 170 MB at the same speed). Each row is one
     forward pass with position ids restarting per prompt and varlen attention keeping
     prompts apart; only each prompt's last position goes through the LM head.
+
+    ``release_memory`` returns the forward's freed temporaries to the OS (glibc's
+    ``malloc_trim``; nothing happens on other C libraries) after each layer (``"layer"``),
+    after each row (``"row"``) or never (``"off"``). On the short prefill bench the peak above
+    the loaded model is about 142 / 164 / 183 MB and the time about +5% / +1.6% / 0 (medians of
+    7 fresh processes; interleaved timing in one).
     """
     from transformers import DynamicCache
+
+    if release_memory not in RELEASE_MEMORY_CHOICES:
+        raise ValueError(f"prefill: release_memory must be one of {RELEASE_MEMORY_CHOICES}, got {release_memory!r}")
 
     device = next(model.parameters()).device
     tensors = prompt_tensors(prompts, "prefill", device)
@@ -251,7 +288,7 @@ def prefill(
     caches: list[Any] = [None] * len(tensors)
     order = torch.argsort(packing.row * packing.capacity + packing.offset).tolist()
     rows = [[i for i in order if int(packing.row[i]) == r] for r in range(packing.num_rows)]
-    sink = _PackedKVSink(model.config.num_hidden_layers, int(lengths.sum()))
+    sink = _PackedKVSink(model.config.num_hidden_layers, int(lengths.sum()), release_each_layer=release_memory == "layer")
     starts = [0] * len(tensors)  # each prompt's first token in the sink
     with use_varlen_attention(model):
         for members in rows:
@@ -274,6 +311,9 @@ def prefill(
                 logits[i] = out.logits[0, slot]
                 starts[i] = sink.start
                 sink.start += member_lengths[slot]
+            del out
+            if release_memory == "row":
+                _release_free_heap()
     sink.check_complete()
     for i, t in enumerate(tensors):
         caches[i] = _cache_from_views(DynamicCache(config=model.config), sink.layer_views(starts[i], t.numel()))
