@@ -118,6 +118,14 @@ def test_prefill_release_memory_trims_the_heap_and_changes_nothing_else(model, m
             assert torch.equal(la.keys, lb.keys) and torch.equal(la.values, lb.values)
 
 
+def test_prefill_release_memory_only_trims_for_a_cpu_model():
+    """The heap holds a CPU forward's temporaries only; a GPU model's live in its allocator."""
+    assert hf._release_mode("layer", torch.device("cpu")) == "layer"
+    assert hf._release_mode("row", torch.device("cpu")) == "row"
+    assert hf._release_mode("layer", torch.device("cuda", 0)) == "off"
+    assert hf._release_mode("row", torch.device("meta")) == "off"
+
+
 def test_prefill_release_memory_without_malloc_trim(model, monkeypatch):
     """A C library without malloc_trim (macOS, musl): the option is accepted and does nothing."""
     monkeypatch.setattr(hf, "_malloc_trim", lambda: None)
