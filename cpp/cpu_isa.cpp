@@ -1,5 +1,7 @@
 #include "lmkernels/cpu_isa.h"
 
+#include <ATen/cpu/Utils.h>
+
 #include <atomic>
 #include <cstdlib>
 #include <stdexcept>
@@ -39,6 +41,13 @@ bool isa_supported(CpuIsa isa) {
     case CpuIsa::kAvx512:
       return isa_supported(CpuIsa::kAvx2) && x86_has("avx512f") && x86_has("avx512bw") &&
              x86_has("avx512vl") && x86_has("avx512dq");
+    case CpuIsa::kAvx512Vnni:
+      return isa_supported(CpuIsa::kAvx512) && x86_has("avx512_vnni");
+    case CpuIsa::kAmx: {
+      // init_amx asks the kernel for the tile state (arch_prctl); false without AMX or consent.
+      static const bool amx = x86_has("avx512_bf16") && at::cpu::init_amx();
+      return isa_supported(CpuIsa::kAvx512Vnni) && amx;
+    }
   }
   return false;
 }
@@ -63,6 +72,8 @@ CpuIsa env_or_best() {
 
 CpuIsa best_supported_isa() {
   static const CpuIsa best = [] {
+    if (isa_supported(CpuIsa::kAmx)) return CpuIsa::kAmx;
+    if (isa_supported(CpuIsa::kAvx512Vnni)) return CpuIsa::kAvx512Vnni;
     if (isa_supported(CpuIsa::kAvx512)) return CpuIsa::kAvx512;
     if (isa_supported(CpuIsa::kAvx2)) return CpuIsa::kAvx2;
     return CpuIsa::kScalar;
@@ -95,6 +106,10 @@ const char* isa_name(CpuIsa isa) {
       return "avx2";
     case CpuIsa::kAvx512:
       return "avx512";
+    case CpuIsa::kAvx512Vnni:
+      return "avx512_vnni";
+    case CpuIsa::kAmx:
+      return "amx";
   }
   return "unknown";
 }
@@ -103,12 +118,14 @@ CpuIsa parse_isa(const std::string& name) {
   if (name == "scalar") return CpuIsa::kScalar;
   if (name == "avx2") return CpuIsa::kAvx2;
   if (name == "avx512") return CpuIsa::kAvx512;
-  throw std::invalid_argument("cpu isa must be one of scalar, avx2, avx512; got '" + name + "'");
+  if (name == "avx512_vnni") return CpuIsa::kAvx512Vnni;
+  if (name == "amx") return CpuIsa::kAmx;
+  throw std::invalid_argument("cpu isa must be one of scalar, avx2, avx512, avx512_vnni, amx; got '" + name + "'");
 }
 
 std::vector<CpuIsa> supported_isas() {
   std::vector<CpuIsa> out;
-  for (CpuIsa isa : {CpuIsa::kScalar, CpuIsa::kAvx2, CpuIsa::kAvx512}) {
+  for (CpuIsa isa : {CpuIsa::kScalar, CpuIsa::kAvx2, CpuIsa::kAvx512, CpuIsa::kAvx512Vnni, CpuIsa::kAmx}) {
     if (isa_supported(isa)) out.push_back(isa);
   }
   return out;

@@ -66,4 +66,4 @@ def test_environment_variable_forces_the_scalar_path():
 def test_environment_variable_typo_is_an_error():
     result = _isa_in_subprocess("avx9000")
     assert result.returncode != 0
-    assert "cpu isa must be one of scalar, avx2, avx512; got 'avx9000'" in result.stderr
+    assert "cpu isa must be one of scalar, avx2, avx512, avx512_vnni, amx; got 'avx9000'" in result.stderr

@@ -1,6 +1,7 @@
 // quant_linear on CPU: activation quantization, threads over output rows, ISA choice.
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -71,6 +72,46 @@ void quantize_activation_rows(const QuantShape& s, const void* x, int64_t rows, 
 
 using RowsKernel = bool (*)(const QuantLinearArgs&, int64_t, int64_t, void*);
 
+#ifndef LMKERNELS_NO_X86_SIMD
+// From this many activation rows the AMX path beats the VNNI row kernel (whose cost grows
+// with every row, where AMX's is nearly that of one dequantization of the weight).
+constexpr int64_t kQuantAmxMinRows = 8;
+
+// x [M, K] as bf16 AMX B tiles: [ceil(M / 16)][units * 16][16][2] (see QuantLinearAmxArgs).
+template <StorageDtype D>
+void activation_tiles(const QuantShape& s, const void* x, int64_t rows, uint16_t* tiles) {
+  const int64_t kp = quant_amx_padded_k(s), tile_elems = kp * kQuantAmxTileCols;
+  at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t m = begin; m < end; ++m) {
+      uint16_t* dst = tiles + m / kQuantAmxTileCols * tile_elems + m % kQuantAmxTileCols * 2;
+      for (int64_t k = 0; k < s.in_features; ++k) {
+        dst[k / 2 * 2 * kQuantAmxTileCols + k % 2] = f32_to_bf16(load_elem<D>(x, m * s.in_features + k));
+      }
+    }
+  });
+}
+
+void quant_linear_amx(const QuantShape& s, const at::Tensor& x2, const QuantLinearArgs& packed, at::Tensor& out) {
+  const int64_t rows = x2.size(0);
+  const int64_t m_tiles = (rows + kQuantAmxTileCols - 1) / kQuantAmxTileCols;
+  at::Tensor tiles = at::zeros({m_tiles * quant_amx_padded_k(s) * kQuantAmxTileCols}, x2.options().dtype(at::kShort));
+  auto* tiles_ptr = reinterpret_cast<uint16_t*>(tiles.data_ptr<int16_t>());
+  with_storage_dtype(x2.scalar_type(), [&](auto tag) {
+    activation_tiles<decltype(tag)::value>(s, x2.data_ptr(), rows, tiles_ptr);
+  });
+  QuantLinearAmxArgs args{s, packed.codes_lo, packed.codes_hi, packed.hi_groups, packed.scales, packed.super_scales,
+                          packed.bias, tiles_ptr, rows, out.data_ptr<float>()};
+  const int64_t strips = (s.out_features + kQuantAmxStripRows - 1) / kQuantAmxStripRows;
+  std::atomic<bool> ok{true};
+  at::parallel_for(0, strips, 1, [&](int64_t begin, int64_t end) {
+    std::vector<int64_t> scratch((quant_linear_amx_scratch_bytes(s) + 7) / 8);
+    const int64_t last = std::min(end * kQuantAmxStripRows, s.out_features);
+    if (!quant_linear_rows_amx(args, begin * kQuantAmxStripRows, last, scratch.data())) ok = false;
+  });
+  TORCH_CHECK(ok.load(), "quant_linear: hi_groups rows must hold strictly ascending group indices in [0, ", s.groups, ")");
+}
+#endif
+
 at::Tensor quant_linear_cpu(const at::Tensor& x, const at::Tensor& codes_lo, const at::Tensor& codes_hi,
                             const at::Tensor& hi_groups, const at::Tensor& scales, const at::Tensor& super_scales,
                             const std::optional<at::Tensor>& bias, int64_t in_features, int64_t group_size) {
@@ -87,16 +128,8 @@ at::Tensor quant_linear_cpu(const at::Tensor& x, const at::Tensor& codes_lo, con
     return out.to(x.scalar_type()).reshape(out_shape);
   }
 
-  const auto opts = x.options();
-  QuantizedActivations qa{at::empty({rows, s.super_blocks * kQuantSuperBlock}, opts.dtype(at::kChar)),
-                          at::empty({rows, quant_combine_stride(s.super_blocks)}, opts.dtype(at::kFloat)),
-                          at::empty({rows, s.groups}, opts.dtype(at::kShort))};
-  with_storage_dtype(x.scalar_type(), [&](auto tag) {
-    quantize_activation_rows<decltype(tag)::value>(s, x2.data_ptr(), rows, qa);
-  });
   at::Tensor bias_f32;
   if (bias.has_value()) bias_f32 = bias->to(at::kFloat).contiguous();
-
   QuantLinearArgs args{};
   args.shape = s;
   args.codes_lo = codes_lo.data_ptr<uint8_t>();
@@ -105,13 +138,28 @@ at::Tensor quant_linear_cpu(const at::Tensor& x, const at::Tensor& codes_lo, con
   args.scales = scales.data_ptr<uint8_t>();
   args.super_scales = reinterpret_cast<const uint16_t*>(super_scales.data_ptr<at::Half>());
   args.bias = bias_f32.defined() ? bias_f32.data_ptr<float>() : nullptr;
+  args.rows = rows;
+  args.out = out.data_ptr<float>();
+#ifndef LMKERNELS_NO_X86_SIMD
+  if (active_isa() == CpuIsa::kAmx && rows >= kQuantAmxMinRows) {
+    quant_linear_amx(s, x2, args, out);
+    if (x.scalar_type() != at::kFloat) out = out.to(x.scalar_type());
+    return out.reshape(out_shape);
+  }
+#endif
+
+  const auto opts = x.options();
+  QuantizedActivations qa{at::empty({rows, s.super_blocks * kQuantSuperBlock}, opts.dtype(at::kChar)),
+                          at::empty({rows, quant_combine_stride(s.super_blocks)}, opts.dtype(at::kFloat)),
+                          at::empty({rows, s.groups}, opts.dtype(at::kShort))};
+  with_storage_dtype(x.scalar_type(), [&](auto tag) {
+    quantize_activation_rows<decltype(tag)::value>(s, x2.data_ptr(), rows, qa);
+  });
   args.xq = qa.codes.data_ptr<int8_t>();
   args.xscale = qa.scales.data_ptr<float>();
   args.xsum = qa.sums.data_ptr<int16_t>();
-  args.rows = rows;
-  args.out = out.data_ptr<float>();
 
-  const RowsKernel kernel = pick_for_isa<RowsKernel>(LMK_ISA_KERNELS(quant_linear_rows_));
+  const RowsKernel kernel = pick_for_isa<RowsKernel>(LMK_ISA_KERNELS_VNNI(quant_linear_rows_));
   std::atomic<bool> ok{true};
   at::parallel_for(0, s.out_features, 16, [&](int64_t begin, int64_t end) {
     std::vector<int64_t> scratch((quant_linear_scratch_bytes(s) + 7) / 8 + 8);

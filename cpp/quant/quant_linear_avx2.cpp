@@ -11,26 +11,6 @@
 namespace lmkernels {
 namespace {
 
-// kScaledCodes[pair][sc][n] = (code of unit `pair` in nibble n) * sc: unit 0 of a nibble is
-// its bits 0..1, unit 1 its bits 2..3.
-struct ScaledCodeTables {
-  alignas(16) uint8_t t[2][16][16];
-  constexpr ScaledCodeTables() : t{} {
-    for (int sc = 0; sc < 16; ++sc) {
-      for (int n = 0; n < 16; ++n) {
-        t[0][sc][n] = static_cast<uint8_t>((n & 3) * sc);
-        t[1][sc][n] = static_cast<uint8_t>((n >> 2) * sc);
-      }
-    }
-  }
-};
-constexpr ScaledCodeTables kScaledCodes{};
-
-inline __m256i scaled_codes(__m256i nibbles, int pair, int16_t scale) {
-  const __m128i table = _mm_load_si128(reinterpret_cast<const __m128i*>(kScaledCodes.t[pair][scale]));
-  return _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(table), nibbles);
-}
-
 template <int MC>
 inline void accumulate_unit(__m256i* acc, __m256i codes, const int8_t* const* x, int64_t unit, int16_t scale) {
   const __m256i s16 = _mm256_set1_epi16(scale);

@@ -39,6 +39,37 @@ struct QuantLinearArgs {
 LMK_INLINE int64_t quant_combine_stride(int64_t super_blocks) { return (super_blocks + 7) / 8 * 8; }
 
 
+// The AMX path, for batches: activations rounded to bf16 once, the weight dequantized to bf16
+// one strip of 16 output rows at a time (in cache), and bf16 tile products into fp32.
+constexpr int kQuantAmxStripRows = 16;
+constexpr int kQuantAmxTileCols = 16;  // activation rows per tile
+
+struct QuantLinearAmxArgs {
+  QuantShape shape;
+  const uint8_t* codes_lo;
+  const uint8_t* codes_hi;
+  const int16_t* hi_groups;
+  const uint8_t* scales;
+  const uint16_t* super_scales;  // fp16 bits
+  const float* bias;             // [N] or null
+  // bf16 bits of the activations, laid out as AMX B tiles, zero padded:
+  // [ceil(M / 16)][units * 16 (pairs of k)][16 rows][2], k >= in_features and rows >= M zero.
+  const uint16_t* x_tiles;
+  int64_t rows;                  // M
+  float* out;                    // [M, N]
+};
+
+LMK_INLINE int64_t quant_amx_padded_k(const QuantShape& s) { return s.units * kQuantUnit; }
+
+// A strip of 16 dequantized rows, three 16 x 16 fp32 tiles and a row's decoded group and
+// super-block scales, plus alignment.
+LMK_INLINE int64_t quant_linear_amx_scratch_bytes(const QuantShape& s) {
+  return kQuantAmxStripRows * quant_amx_padded_k(s) * 2 + 3 * 16 * 16 * 4 + (2 * s.groups + 2 * s.super_blocks) * 4 + 64;
+}
+
+// Computes out[:, begin:end] (begin a multiple of 16); false as for the row kernels.
+bool quant_linear_rows_amx(const QuantLinearAmxArgs& args, int64_t begin, int64_t end, void* scratch);
+
 // Per-thread scratch a kernel needs for out_features rows [begin, end), in bytes.
 LMK_INLINE int64_t quant_linear_scratch_bytes(const QuantShape& s) {
   // (d, dmin) pairs, and the block scales, min sums and float lanes of 4 rows, each rounded up
@@ -52,5 +83,6 @@ LMK_INLINE int64_t quant_linear_scratch_bytes(const QuantShape& s) {
 bool quant_linear_rows_scalar(const QuantLinearArgs& args, int64_t begin, int64_t end, void* scratch);
 bool quant_linear_rows_avx2(const QuantLinearArgs& args, int64_t begin, int64_t end, void* scratch);
 bool quant_linear_rows_avx512(const QuantLinearArgs& args, int64_t begin, int64_t end, void* scratch);
+bool quant_linear_rows_avx512_vnni(const QuantLinearArgs& args, int64_t begin, int64_t end, void* scratch);
 
 }  // namespace lmkernels

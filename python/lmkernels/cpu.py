@@ -1,6 +1,6 @@
-"""Which CPU kernel path (scalar, AVX2, AVX-512) the ops use.
+"""Which CPU kernel path (scalar, AVX2, AVX-512, AVX-512 with VNNI, AMX) the ops use.
 
-The best path the CPU supports is chosen at run time. `LMKERNELS_CPU_ISA=scalar|avx2|avx512`
+The best path the CPU supports is chosen at run time. `LMKERNELS_CPU_ISA=scalar|avx2|avx512|avx512_vnni|amx`
 in the environment, or `set_cpu_isa` in a process, forces a lower one: useful to compare
 paths and how the tests cover each of them.
 """
@@ -11,11 +11,12 @@ from ._native import load
 
 _C = load()
 
-_ISAS = ("scalar", "avx2", "avx512")
+_ISAS = ("scalar", "avx2", "avx512", "avx512_vnni", "amx")
 
 
 def cpu_isa() -> str:
-    """The CPU path ops use now: ``"scalar"``, ``"avx2"`` or ``"avx512"``."""
+    """The CPU path ops use now: ``"scalar"``, ``"avx2"``, ``"avx512"``, ``"avx512_vnni"`` or
+    ``"amx"`` (ops without a kernel for a path run their best lower one there)."""
     return _C.cpu_isa()
 
 

@@ -164,6 +164,10 @@ def fuzz_dequantize_weight(data):
     assert torch.equal(result, reference.dequantize_packed(*args, k_arg, gs_arg))
 
 
+# quant_linear's batch size from which the "amx" path uses AMX tiles (kQuantAmxMinRows).
+AMX_MIN_ROWS = 8
+
+
 @fuzzer(LINEAR)
 def fuzz_quant_linear(data):
     draw = data.draw
@@ -198,10 +202,19 @@ def fuzz_quant_linear(data):
     # int8 activations: error bounded by the per-block activation step times the weight row mass.
     tol = 0.02 * (x.double().abs().amax(-1, keepdim=True) * w.double().abs().sum(1)) + 1e-2 * want.abs() + 1e-3
     assert ((out.double() - want).abs() <= tol)[ok].all(), "output far from the dequantized reference"
+    # The integer paths agree bit for bit; the AMX path (bf16 tiles) takes batches of
+    # AMX_MIN_ROWS rows or more, and must then be within the same tolerance.
+    rows = x.numel() // k if k else 0
+    by_isa = {}
     for isa in lmkernels.supported_cpu_isas():
         with cpu_isa(isa):
-            again = torch.ops.lmkernels.quant_linear(x, *args, bias, k_arg, gs_arg)
-        assert torch.equal(bits(again), bits(out)), f"cpu path {isa} differs"
+            by_isa[isa] = torch.ops.lmkernels.quant_linear(x, *args, bias, k_arg, gs_arg)
+    for isa, again in by_isa.items():
+        if isa == "amx" and rows >= AMX_MIN_ROWS:
+            assert ((again.double() - want).abs() <= tol)[ok].all(), "amx output far from the dequantized reference"
+            assert torch.equal(bits(again), bits(out)) or lmkernels.cpu_isa() != "amx", "amx differs from the default"
+        else:
+            assert torch.equal(bits(again), bits(by_isa["scalar"])), f"cpu path {isa} differs"
     with num_threads(1):
         single = torch.ops.lmkernels.quant_linear(x.contiguous(), *args, bias, k_arg, gs_arg)
     assert torch.equal(bits(single), bits(out)), "1 thread or contiguous copy differs"

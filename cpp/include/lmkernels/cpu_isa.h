@@ -1,9 +1,9 @@
 // Run-time choice of the CPU kernel path.
 //
 // Each kernel is compiled several times in per-ISA translation units (`*_scalar.cpp`,
-// `*_avx2.cpp`, `*_avx512.cpp`, see cmake/cpu_isa.cmake). The dispatcher asks `active_isa()`
+// `*_avx2.cpp`, `*_avx512.cpp`, `*_avx512_vnni.cpp`, see cmake/cpu_isa.cmake). The dispatcher asks `active_isa()`
 // which one to call. The answer is the best path this CPU supports, unless
-// LMKERNELS_CPU_ISA=scalar|avx2|avx512 in the environment or `set_isa_override()` (exposed
+// LMKERNELS_CPU_ISA=scalar|avx2|avx512|avx512_vnni|amx in the environment or `set_isa_override()` (exposed
 // to Python as `lmkernels.set_cpu_isa`) asks for a lower one, which is how the tests cover
 // every path on one machine.
 //
@@ -18,7 +18,9 @@
 
 namespace lmkernels {
 
-enum class CpuIsa : int { kScalar = 0, kAvx2 = 1, kAvx512 = 2 };
+// kAvx512Vnni is AVX-512 plus VNNI (vpdpbusd), kAmx that plus AVX512-BF16 and AMX-BF16 tiles
+// (enabled for this process): ops without such a kernel run their best lower one there.
+enum class CpuIsa : int { kScalar = 0, kAvx2 = 1, kAvx512 = 2, kAvx512Vnni = 3, kAmx = 4 };
 
 // Best path the CPU (and OS) supports; computed once.
 CpuIsa best_supported_isa();
@@ -29,7 +31,7 @@ void set_isa_override(CpuIsa isa);
 void clear_isa_override();
 
 const char* isa_name(CpuIsa isa);
-// Parses "scalar", "avx2", "avx512"; throws std::invalid_argument naming the value.
+// Parses "scalar", "avx2", "avx512", "avx512_vnni", "amx"; throws std::invalid_argument naming the value.
 CpuIsa parse_isa(const std::string& name);
 // Every path this machine can run, lowest first.
 std::vector<CpuIsa> supported_isas();
@@ -41,6 +43,8 @@ bool cpu_has_feature(const std::string& feature);
 template <class Kernel>
 Kernel pick_for_isa(Kernel scalar, Kernel avx2, Kernel avx512) {
   switch (active_isa()) {
+    case CpuIsa::kAmx:
+    case CpuIsa::kAvx512Vnni:
     case CpuIsa::kAvx512:
       return avx512;
     case CpuIsa::kAvx2:
@@ -50,10 +54,19 @@ Kernel pick_for_isa(Kernel scalar, Kernel avx2, Kernel avx512) {
   }
 }
 
+// The same for kernels with a VNNI variant: LMK_ISA_KERNELS_VNNI(my_kernel_) adds
+// my_kernel_avx512_vnni.
+template <class Kernel>
+Kernel pick_for_isa(Kernel scalar, Kernel avx2, Kernel avx512, Kernel avx512_vnni) {
+  return active_isa() >= CpuIsa::kAvx512Vnni ? avx512_vnni : pick_for_isa(scalar, avx2, avx512);
+}
+
 }  // namespace lmkernels
 
 #ifdef LMKERNELS_NO_X86_SIMD
 #define LMK_ISA_KERNELS(prefix) prefix##scalar, prefix##scalar, prefix##scalar
+#define LMK_ISA_KERNELS_VNNI(prefix) prefix##scalar, prefix##scalar, prefix##scalar, prefix##scalar
 #else
 #define LMK_ISA_KERNELS(prefix) prefix##scalar, prefix##avx2, prefix##avx512
+#define LMK_ISA_KERNELS_VNNI(prefix) prefix##scalar, prefix##avx2, prefix##avx512, prefix##avx512_vnni
 #endif

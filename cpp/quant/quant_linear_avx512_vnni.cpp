@@ -1,0 +1,96 @@
+// AVX-512 VNNI path of quant_linear: vpdpbusd multiplies u8 codes by int8 activations and
+// sums each 4 bytes into an int32 lane in one instruction (AVX2 needs maddubs + madd).
+// As on AVX2, a unit's scale is folded into its codes by a pshufb table, so a weight unit is
+// prepared once and each activation row costs one vpdpbusd per 64 weights:
+//   q  = the quad (4 units, 32 bytes) broadcast to both 256-bit halves;
+//   c01 = pshufb([table(unit 0's scale) | table(unit 1's scale)], q & 15): unit 0's scaled
+//         codes in the low half, unit 1's in the high half; c23 likewise from q >> 4;
+//   acc += dpbusd(c01, x[32u .. 32u + 63]) + dpbusd(c23, x[32u + 64 .. 32u + 127]).
+// Adding the two halves gives a block's 8 int32 lanes, exactly the AVX2 ones (lane j holds
+// weights 4j .. 4j + 3 of every unit), so the float steps and the result are the same bits.
+#include "quant/quant_linear_avx2_parts.h"
+
+namespace lmkernels {
+namespace {
+
+// [table of `pair` 0 with scale a | table of pair 1 with scale b], each 16-byte table
+// repeated over its half's two 128-bit lanes (pshufb looks up within a 128-bit lane).
+inline __m512i pair_tables(int a, int b) {
+  const __m512i low = _mm512_broadcast_i32x4(_mm_load_si128(reinterpret_cast<const __m128i*>(kScaledCodes.t[0][a])));
+  return _mm512_mask_broadcast_i32x4(low, 0xFF00, _mm_load_si128(reinterpret_cast<const __m128i*>(kScaledCodes.t[1][b])));
+}
+
+template <int MC>
+inline void quad_dot(__m512i* acc, const uint8_t* quad, const int8_t* const* x, int64_t u, UnitScales unit_scales) {
+  const __m512i q = _mm512_broadcast_i64x4(load_quad(quad));
+  const __m512i nibble = _mm512_set1_epi8(15);
+  const __m512i c01 = _mm512_shuffle_epi8(pair_tables(unit_scales[u], unit_scales[u + 1]), _mm512_and_si512(q, nibble));
+  const __m512i c23 = _mm512_shuffle_epi8(pair_tables(unit_scales[u + 2], unit_scales[u + 3]),
+                                          _mm512_and_si512(_mm512_srli_epi16(q, 4), nibble));
+  for (int m = 0; m < MC; ++m) {
+    const int8_t* xu = x[m] + u * kQuantUnit;
+    acc[m] = _mm512_dpbusd_epi32(acc[m], c01, _mm512_loadu_si512(xu));
+    acc[m] = _mm512_dpbusd_epi32(acc[m], c23, _mm512_loadu_si512(xu + 2 * kQuantUnit));
+  }
+}
+
+// The first `count` (< 4) units of a row's last, partial quad, one 256-bit step each (a
+// 512-bit activation load could run past the row).
+template <int MC>
+inline void partial_quad_dot(__m512i* acc, const uint8_t* quad, const int8_t* const* x, int64_t u, int count,
+                             UnitScales unit_scales) {
+  const __m256i q = load_quad(quad), nibble = _mm256_set1_epi8(15);
+  for (int i = 0; i < count; ++i) {
+    const __m256i nibbles = i < 2 ? _mm256_and_si256(q, nibble) : _mm256_and_si256(_mm256_srli_epi16(q, 4), nibble);
+    const __m256i codes = scaled_codes(nibbles, i & 1, static_cast<int16_t>(unit_scales[u + i]));
+    for (int m = 0; m < MC; ++m) {
+      const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[m] + (u + i) * kQuantUnit));
+      acc[m] = _mm512_add_epi32(acc[m], _mm512_zextsi256_si512(_mm256_dpbusd_epi32(_mm256_setzero_si256(), codes, xv)));
+    }
+  }
+}
+
+inline __m256i fold_halves(__m512i v) {
+  return _mm256_add_epi32(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64(v, 1));
+}
+
+struct Avx512VnniOps : Avx2Common {
+  template <int MC>
+  static void row_dot(const uint8_t* lo, const int8_t* const* x, UnitScales unit_scales, int64_t units,
+                      const float* const* dx, float* const* lane) {
+    __m256 facc[MC];
+    for (int m = 0; m < MC; ++m) facc[m] = _mm256_setzero_ps();
+    const int64_t full = units / kQuantSuperUnits;
+    for (int64_t b = 0; b < full; ++b) {
+      const int64_t u = b * kQuantSuperUnits;
+      const uint8_t* quads = lo + u / kQuantQuadUnits * kQuantQuadBytes;
+      __m512i acc[MC];
+      for (int m = 0; m < MC; ++m) acc[m] = _mm512_setzero_si512();
+      quad_dot<MC>(acc, quads, x, u, unit_scales);
+      quad_dot<MC>(acc, quads + kQuantQuadBytes, x, u + kQuantQuadUnits, unit_scales);
+      for (int m = 0; m < MC; ++m) facc[m] = accumulate_lanes(facc[m], fold_halves(acc[m]), dx[m][b]);
+    }
+    if (full * kQuantSuperUnits < units) {
+      __m512i acc[MC];
+      for (int m = 0; m < MC; ++m) acc[m] = _mm512_setzero_si512();
+      int64_t u = full * kQuantSuperUnits;
+      for (; u + kQuantQuadUnits <= units; u += kQuantQuadUnits) {
+        quad_dot<MC>(acc, lo + u / kQuantQuadUnits * kQuantQuadBytes, x, u, unit_scales);
+      }
+      if (u < units) {
+        partial_quad_dot<MC>(acc, lo + u / kQuantQuadUnits * kQuantQuadBytes, x, u, static_cast<int>(units - u),
+                             unit_scales);
+      }
+      for (int m = 0; m < MC; ++m) facc[m] = accumulate_lanes(facc[m], fold_halves(acc[m]), dx[m][full]);
+    }
+    for (int m = 0; m < MC; ++m) _mm256_storeu_ps(lane[m], facc[m]);
+  }
+};
+
+}  // namespace
+
+bool quant_linear_rows_avx512_vnni(const QuantLinearArgs& args, int64_t begin, int64_t end, void* scratch) {
+  return quant_rows<Avx512VnniOps>(args, begin, end, scratch);
+}
+
+}  // namespace lmkernels
