@@ -102,6 +102,36 @@ def test_prefill_refuses_a_layer_that_bypasses_its_attention(model, monkeypatch)
         hf.prefill(model, prompts_of([4, 6]))
 
 
+def test_prefill_trims_the_last_layer_to_the_last_positions(model):
+    """The last layer's MLP and o_proj see one row per prompt; the caches stay identical and the
+    logits equal the untrimmed prefill's."""
+    prompts = prompts_of([5, 13, 1, 9, 20, 3])
+    seen = {}
+    last = model.model.layers[-1]
+    # Registered before prefill's own hooks: a forward hook sees the args as gathered.
+    hooks = [part.register_forward_hook(lambda m, args, out, name=name: seen.setdefault(name, []).append(args[0].shape[1]))
+             for name, part in (("mlp", last.mlp), ("o_proj", last.self_attn.o_proj), ("first mlp", model.model.layers[0].mlp))]
+    try:
+        got = hf.prefill(model, prompts, 30)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    rows = [[len(prompts[i]) for i in range(len(prompts)) if int(got.packing.row[i]) == r] for r in range(got.packing.num_rows)]
+    assert seen["mlp"] == seen["o_proj"] == [len(r) for r in rows]
+    assert seen["first mlp"] == [sum(r) for r in rows]  # other layers run every token
+    assert not last.mlp._forward_pre_hooks and not last.mlp._forward_hooks  # removed again
+    full = hf.prefill(model, prompts, 30, trim_last_layer=False)
+    torch.testing.assert_close(got.logits, full.logits, atol=1e-5, rtol=1e-5)
+    for a, b in zip(got.caches, full.caches):
+        for la, lb in zip(a.layers, b.layers):
+            assert torch.equal(la.keys, lb.keys) and torch.equal(la.values, lb.values)
+
+
+def test_prefill_runs_an_unrecognised_last_layer_in_full(model, monkeypatch):
+    monkeypatch.delattr(model.model.layers[-1], "mlp")
+    assert hf._LastLayerRows(model).parts == []
+
+
 @pytest.mark.parametrize("release_memory, trims", [("layer", 2 * 3), ("row", 3), ("off", 0)])
 def test_prefill_release_memory_trims_the_heap_and_changes_nothing_else(model, monkeypatch, release_memory, trims):
     """Two layers, three rows of capacity 8: one trim per layer and row, one per row, none."""

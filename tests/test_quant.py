@@ -206,8 +206,8 @@ AMX_MIN_ROWS = 8  # quant_linear's batch size from which the "amx" path uses AMX
 @pytest.mark.parametrize("group_size", [32, 64, 256])
 @pytest.mark.parametrize("n, k, m", [(16, 256, 8), (37, 300, 17), (5, 40, 50), (130, 1000, 33)])
 def test_linear_amx_tiles_match_the_dequantized_product(n, k, m, group_size):
-    # Partial strips (n % 16), partial tiles (m % 16), more than three activation tiles (two
-    # passes), k not a multiple of 32, every units-per-group case, bias.
+    # Partial strips (n % 16), partial tiles (m % 16), more than two activation tiles (several
+    # passes over a strip), k not a multiple of 32, every units-per-group case, bias.
     w = student_t(n, k)
     q = quant.quantize(w, group_size=group_size, frac_4bit=0.3)
     x, bias = torch.randn(m, k), torch.randn(n)

@@ -77,27 +77,14 @@ using RowsKernel = bool (*)(const QuantLinearArgs&, int64_t, int64_t, void*);
 // with every row, where AMX's is nearly that of one dequantization of the weight).
 constexpr int64_t kQuantAmxMinRows = 8;
 
-// x [M, K] as bf16 AMX B tiles: [ceil(M / 16)][units * 16][16][2] (see QuantLinearAmxArgs).
-template <StorageDtype D>
-void activation_tiles(const QuantShape& s, const void* x, int64_t rows, uint16_t* tiles) {
-  const int64_t kp = quant_amx_padded_k(s), tile_elems = kp * kQuantAmxTileCols;
-  at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t m = begin; m < end; ++m) {
-      uint16_t* dst = tiles + m / kQuantAmxTileCols * tile_elems + m % kQuantAmxTileCols * 2;
-      for (int64_t k = 0; k < s.in_features; ++k) {
-        dst[k / 2 * 2 * kQuantAmxTileCols + k % 2] = f32_to_bf16(load_elem<D>(x, m * s.in_features + k));
-      }
-    }
-  });
-}
-
 void quant_linear_amx(const QuantShape& s, const at::Tensor& x2, const QuantLinearArgs& packed, at::Tensor& out) {
   const int64_t rows = x2.size(0);
   const int64_t m_tiles = (rows + kQuantAmxTileCols - 1) / kQuantAmxTileCols;
   at::Tensor tiles = at::zeros({m_tiles * quant_amx_padded_k(s) * kQuantAmxTileCols}, x2.options().dtype(at::kShort));
   auto* tiles_ptr = reinterpret_cast<uint16_t*>(tiles.data_ptr<int16_t>());
-  with_storage_dtype(x2.scalar_type(), [&](auto tag) {
-    activation_tiles<decltype(tag)::value>(s, x2.data_ptr(), rows, tiles_ptr);
+  const at::Tensor x32 = x2.to(at::kFloat);
+  at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
+    quant_amx_activation_tiles(x32.data_ptr<float>(), begin, end, s.in_features, quant_amx_padded_k(s), tiles_ptr);
   });
   QuantLinearAmxArgs args{s, packed.codes_lo, packed.codes_hi, packed.hi_groups, packed.scales, packed.super_scales,
                           packed.bias, tiles_ptr, rows, out.data_ptr<float>()};

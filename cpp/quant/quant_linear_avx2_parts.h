@@ -106,22 +106,19 @@ struct Avx2Common {
     min_sums_scalar(scales, xsum, s, b, msum);
   }
 
-  // (d, dmin) pairs of blocks b .. b + 7 de-interleaved: the shuffles give blocks
-  // 0 1 4 5 | 2 3 6 7, the permutes put them back in order.
-  static __m256 even_of_pairs(const float* pairs) {
+  // d (kOdd false) or dmin (true) of blocks b .. b + 7 from their (d, dmin) pairs: the
+  // shuffle gives blocks 0 1 4 5 | 2 3 6 7, the permute puts them back in order.
+  template <bool kOdd>
+  static __m256 of_pairs(const float* pairs) {
     const __m256 p0 = _mm256_loadu_ps(pairs), p1 = _mm256_loadu_ps(pairs + 8);
+    constexpr int pick = kOdd ? _MM_SHUFFLE(3, 1, 3, 1) : _MM_SHUFFLE(2, 0, 2, 0);
     return _mm256_castpd_ps(
-        _mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(p0, p1, _MM_SHUFFLE(2, 0, 2, 0))), _MM_SHUFFLE(3, 1, 2, 0)));
-  }
-  static __m256 odd_of_pairs(const float* pairs) {
-    const __m256 p0 = _mm256_loadu_ps(pairs), p1 = _mm256_loadu_ps(pairs + 8);
-    return _mm256_castpd_ps(
-        _mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(p0, p1, _MM_SHUFFLE(3, 1, 3, 1))), _MM_SHUFFLE(3, 1, 2, 0)));
+        _mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(p0, p1, pick)), _MM_SHUFFLE(3, 1, 2, 0)));
   }
 
   static void block_scales(const float* d_dmin, const float* xscale, int64_t S, float* dx) {
     for (int64_t b = 0; b < quant_combine_stride(S); b += 8) {
-      _mm256_storeu_ps(dx + b, _mm256_mul_ps(even_of_pairs(d_dmin + 2 * b), _mm256_loadu_ps(xscale + b)));
+      _mm256_storeu_ps(dx + b, _mm256_mul_ps(of_pairs<false>(d_dmin + 2 * b), _mm256_loadu_ps(xscale + b)));
     }
   }
 
@@ -129,7 +126,7 @@ struct Avx2Common {
   static float min_term(const int32_t* msum, const float* d_dmin, const float* xscale, int64_t S) {
     __m256 acc = _mm256_setzero_ps();
     for (int64_t b = 0; b < quant_combine_stride(S); b += 8) {
-      const __m256 scale = _mm256_mul_ps(odd_of_pairs(d_dmin + 2 * b), _mm256_loadu_ps(xscale + b));
+      const __m256 scale = _mm256_mul_ps(of_pairs<true>(d_dmin + 2 * b), _mm256_loadu_ps(xscale + b));
       const __m256 m = _mm256_cvtepi32_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(msum + b)));
       acc = _mm256_add_ps(acc, _mm256_mul_ps(scale, m));
     }

@@ -5,8 +5,8 @@
 //   q  = the quad (4 units, 32 bytes) broadcast to both 256-bit halves;
 //   c01 = pshufb([table(unit 0's scale) | table(unit 1's scale)], q & 15): unit 0's scaled
 //         codes in the low half, unit 1's in the high half; c23 likewise from q >> 4;
-//   acc += dpbusd(c01, x[32u .. 32u + 63]) + dpbusd(c23, x[32u + 64 .. 32u + 127]).
-// Adding the two halves gives a block's 8 int32 lanes, exactly the AVX2 ones (lane j holds
+//   acc01 += dpbusd(c01, x[32u .. 32u + 63]), acc23 += dpbusd(c23, x[32u + 64 .. 32u + 127]).
+// Adding both accumulators' halves gives a block's 8 int32 lanes, exactly the AVX2 ones (lane j holds
 // weights 4j .. 4j + 3 of every unit), so the float steps and the result are the same bits.
 #include "quant/quant_linear_avx2_parts.h"
 
@@ -20,17 +20,28 @@ inline __m512i pair_tables(int a, int b) {
   return _mm512_mask_broadcast_i32x4(low, 0xFF00, _mm_load_si128(reinterpret_cast<const __m128i*>(kScaledCodes.t[1][b])));
 }
 
-template <int MC>
-inline void quad_dot(__m512i* acc, const uint8_t* quad, const int8_t* const* x, int64_t u, UnitScales unit_scales) {
+// Unit u's scale code; with one unit per group (kDirect) the scale bytes are the units'.
+template <bool kDirect>
+inline int unit_scale(UnitScales scales, int64_t u) {
+  return kDirect ? scale_code(scales.packed[u]) : scales[u];
+}
+
+// Units u .. u + 3 into two accumulators per row (acc01: units 0 and 1, acc23: 2 and 3), so a
+// block's dependent vpdpbusd chain is two long instead of four.
+template <int MC, bool kDirect>
+inline void quad_dot(__m512i* acc01, __m512i* acc23, const uint8_t* quad, const int8_t* const* x, int64_t u,
+                     UnitScales unit_scales) {
   const __m512i q = _mm512_broadcast_i64x4(load_quad(quad));
   const __m512i nibble = _mm512_set1_epi8(15);
-  const __m512i c01 = _mm512_shuffle_epi8(pair_tables(unit_scales[u], unit_scales[u + 1]), _mm512_and_si512(q, nibble));
-  const __m512i c23 = _mm512_shuffle_epi8(pair_tables(unit_scales[u + 2], unit_scales[u + 3]),
-                                          _mm512_and_si512(_mm512_srli_epi16(q, 4), nibble));
+  const __m512i c01 = _mm512_shuffle_epi8(
+      pair_tables(unit_scale<kDirect>(unit_scales, u), unit_scale<kDirect>(unit_scales, u + 1)), _mm512_and_si512(q, nibble));
+  const __m512i c23 = _mm512_shuffle_epi8(
+      pair_tables(unit_scale<kDirect>(unit_scales, u + 2), unit_scale<kDirect>(unit_scales, u + 3)),
+      _mm512_and_si512(_mm512_srli_epi16(q, 4), nibble));
   for (int m = 0; m < MC; ++m) {
     const int8_t* xu = x[m] + u * kQuantUnit;
-    acc[m] = _mm512_dpbusd_epi32(acc[m], c01, _mm512_loadu_si512(xu));
-    acc[m] = _mm512_dpbusd_epi32(acc[m], c23, _mm512_loadu_si512(xu + 2 * kQuantUnit));
+    acc01[m] = _mm512_dpbusd_epi32(acc01[m], c01, _mm512_loadu_si512(xu));
+    acc23[m] = _mm512_dpbusd_epi32(acc23[m], c23, _mm512_loadu_si512(xu + 2 * kQuantUnit));
   }
 }
 
@@ -54,36 +65,49 @@ inline __m256i fold_halves(__m512i v) {
   return _mm256_add_epi32(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64(v, 1));
 }
 
+// The 8 int32 lanes of a block: both accumulators' halves added (exact, any order).
+inline __m256i block_lanes(__m512i acc01, __m512i acc23) { return fold_halves(_mm512_add_epi32(acc01, acc23)); }
+
+template <int MC, bool kDirect>
+void dense_pass(const uint8_t* lo, const int8_t* const* x, UnitScales unit_scales, int64_t units,
+                const float* const* dx, float* const* lane) {
+  __m256 facc[MC];
+  for (int m = 0; m < MC; ++m) facc[m] = _mm256_setzero_ps();
+  const int64_t full = units / kQuantSuperUnits;
+  for (int64_t b = 0; b < full; ++b) {
+    const int64_t u = b * kQuantSuperUnits;
+    const uint8_t* quads = lo + u / kQuantQuadUnits * kQuantQuadBytes;
+    __m512i acc01[MC], acc23[MC];
+    for (int m = 0; m < MC; ++m) acc01[m] = acc23[m] = _mm512_setzero_si512();
+    quad_dot<MC, kDirect>(acc01, acc23, quads, x, u, unit_scales);
+    quad_dot<MC, kDirect>(acc01, acc23, quads + kQuantQuadBytes, x, u + kQuantQuadUnits, unit_scales);
+    for (int m = 0; m < MC; ++m) facc[m] = accumulate_lanes(facc[m], block_lanes(acc01[m], acc23[m]), dx[m][b]);
+  }
+  if (full * kQuantSuperUnits < units) {
+    __m512i acc01[MC], acc23[MC];
+    for (int m = 0; m < MC; ++m) acc01[m] = acc23[m] = _mm512_setzero_si512();
+    int64_t u = full * kQuantSuperUnits;
+    for (; u + kQuantQuadUnits <= units; u += kQuantQuadUnits) {
+      quad_dot<MC, kDirect>(acc01, acc23, lo + u / kQuantQuadUnits * kQuantQuadBytes, x, u, unit_scales);
+    }
+    if (u < units) {
+      partial_quad_dot<MC>(acc01, lo + u / kQuantQuadUnits * kQuantQuadBytes, x, u, static_cast<int>(units - u),
+                           unit_scales);
+    }
+    for (int m = 0; m < MC; ++m) facc[m] = accumulate_lanes(facc[m], block_lanes(acc01[m], acc23[m]), dx[m][full]);
+  }
+  for (int m = 0; m < MC; ++m) _mm256_storeu_ps(lane[m], facc[m]);
+}
+
 struct Avx512VnniOps : Avx2Common {
   template <int MC>
   static void row_dot(const uint8_t* lo, const int8_t* const* x, UnitScales unit_scales, int64_t units,
                       const float* const* dx, float* const* lane) {
-    __m256 facc[MC];
-    for (int m = 0; m < MC; ++m) facc[m] = _mm256_setzero_ps();
-    const int64_t full = units / kQuantSuperUnits;
-    for (int64_t b = 0; b < full; ++b) {
-      const int64_t u = b * kQuantSuperUnits;
-      const uint8_t* quads = lo + u / kQuantQuadUnits * kQuantQuadBytes;
-      __m512i acc[MC];
-      for (int m = 0; m < MC; ++m) acc[m] = _mm512_setzero_si512();
-      quad_dot<MC>(acc, quads, x, u, unit_scales);
-      quad_dot<MC>(acc, quads + kQuantQuadBytes, x, u + kQuantQuadUnits, unit_scales);
-      for (int m = 0; m < MC; ++m) facc[m] = accumulate_lanes(facc[m], fold_halves(acc[m]), dx[m][b]);
+    if (unit_scales.shift == 0) {
+      dense_pass<MC, true>(lo, x, unit_scales, units, dx, lane);
+    } else {
+      dense_pass<MC, false>(lo, x, unit_scales, units, dx, lane);
     }
-    if (full * kQuantSuperUnits < units) {
-      __m512i acc[MC];
-      for (int m = 0; m < MC; ++m) acc[m] = _mm512_setzero_si512();
-      int64_t u = full * kQuantSuperUnits;
-      for (; u + kQuantQuadUnits <= units; u += kQuantQuadUnits) {
-        quad_dot<MC>(acc, lo + u / kQuantQuadUnits * kQuantQuadBytes, x, u, unit_scales);
-      }
-      if (u < units) {
-        partial_quad_dot<MC>(acc, lo + u / kQuantQuadUnits * kQuantQuadBytes, x, u, static_cast<int>(units - u),
-                             unit_scales);
-      }
-      for (int m = 0; m < MC; ++m) facc[m] = accumulate_lanes(facc[m], fold_halves(acc[m]), dx[m][full]);
-    }
-    for (int m = 0; m < MC; ++m) _mm256_storeu_ps(lane[m], facc[m]);
   }
 };
 

@@ -61,12 +61,16 @@ struct QuantLinearAmxArgs {
 
 LMK_INLINE int64_t quant_amx_padded_k(const QuantShape& s) { return s.units * kQuantUnit; }
 
-// A strip of 16 dequantized rows, three 16 x 16 fp32 tiles and a row's decoded group and
-// super-block scales, plus alignment.
+// A strip of 16 dequantized rows, two 16 x 16 fp32 tiles and a row's decoded group scales
+// and mins, plus alignment.
 LMK_INLINE int64_t quant_linear_amx_scratch_bytes(const QuantShape& s) {
-  return kQuantAmxStripRows * quant_amx_padded_k(s) * 2 + 3 * 16 * 16 * 4 + (2 * s.groups + 2 * s.super_blocks) * 4 + 64;
+  return kQuantAmxStripRows * quant_amx_padded_k(s) * 2 + 2 * 16 * 16 * 4 + 2 * s.groups * 4 + 64;
 }
 
+// Rows [row_begin, row_end) of fp32 x [M, in_features] into `tiles` (x_tiles' layout, zeroed
+// by the caller; bf16 rounded to nearest even).
+void quant_amx_activation_tiles(const float* x, int64_t row_begin, int64_t row_end, int64_t in_features,
+                                int64_t padded_k, uint16_t* tiles);
 // Computes out[:, begin:end] (begin a multiple of 16); false as for the row kernels.
 bool quant_linear_rows_amx(const QuantLinearAmxArgs& args, int64_t begin, int64_t end, void* scratch);
 

@@ -253,6 +253,47 @@ def _cache_from_views(cache: Any, per_layer: list) -> Any:
     return cache
 
 
+class _LastLayerRows:
+    """Runs the last decoder layer's token-wise parts (its MLP and attention output projection)
+    on each prompt's last position only.
+
+    The cache needs every token's keys and values from every layer, but nothing reads the last
+    layer's output at other positions: only the last positions reach the LM head. Hooks gather
+    those rows before each part and scatter its output back into a zero tensor of the full
+    shape, so the residual adds around the parts see the shapes they expect. With the bench
+    model's 4 layers this skips about a fifth of the prefill's matmul work.
+    """
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.positions: torch.Tensor | None = None  # the row's last positions, set per row
+        self.row_tokens = 0
+        last = model.config.num_hidden_layers - 1
+        layer = next((m for m in model.modules() if isinstance(getattr(getattr(m, "self_attn", None), "layer_idx", None), int)
+                      and m.self_attn.layer_idx == last and isinstance(getattr(m, "mlp", None), torch.nn.Module)), None)
+        parts = [] if layer is None else [layer.mlp, getattr(layer.self_attn, "o_proj", None)]
+        self.parts = [p for p in parts if isinstance(p, torch.nn.Module)]
+        self.handles: list = []
+
+    def __enter__(self) -> _LastLayerRows:
+        for part in self.parts:
+            self.handles.append(part.register_forward_pre_hook(self._gather))
+            self.handles.append(part.register_forward_hook(self._scatter))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles.clear()
+
+    def _gather(self, module: torch.nn.Module, args: tuple) -> tuple:
+        return (args[0][:, self.positions], *args[1:])
+
+    def _scatter(self, module: torch.nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        full = output.new_zeros(output.shape[0], self.row_tokens, *output.shape[2:])
+        full[:, self.positions] = output
+        return full
+
+
 @torch.no_grad()
 def prefill(
     model: torch.nn.Module,
@@ -261,6 +302,7 @@ def prefill(
     *,
     algorithm: str = "bfd",
     release_memory: str = "layer",
+    trim_last_layer: bool = True,
 ) -> PrefillResult:
     """Prefill many prompts with packed forward passes instead of a padded batch.
 
@@ -278,6 +320,11 @@ def prefill(
     layer (``"layer"``), after each row (``"row"``) or never (``"off"``). On the short prefill
     bench the peak above the loaded model is about 142 / 164 / 183 MB and the time about
     +5% / +1.6% / 0 (medians of 7 fresh processes; interleaved timing in one).
+
+    ``trim_last_layer`` runs the last layer's MLP and attention output projection on each
+    prompt's last position only (nothing else reads them; the cache needs only that layer's
+    keys and values), which on the prefill bench's 4-layer model skips about a fifth of the
+    matmul work. Models whose last layer has no ``mlp`` beside its ``self_attn`` run in full.
     """
     from transformers import DynamicCache
 
@@ -297,12 +344,15 @@ def prefill(
     rows = [[i for i in order if int(packing.row[i]) == r] for r in range(packing.num_rows)]
     sink = _PackedKVSink(model.config.num_hidden_layers, int(lengths.sum()), release_each_layer=release_memory == "layer")
     starts = [0] * len(tensors)  # each prompt's first token in the sink
-    with use_varlen_attention(model):
+    trim = _LastLayerRows(model) if trim_last_layer else contextlib.nullcontext()
+    with use_varlen_attention(model), trim:
         for members in rows:
             member_lengths = [tensors[i].numel() for i in members]
             cu = torch.tensor([0] + torch.tensor(member_lengths).cumsum(0).tolist(), dtype=torch.int32, device=device)
             input_ids = torch.cat([tensors[i] for i in members])[None]
             position_ids = torch.cat([torch.arange(n, device=device) for n in member_lengths])[None]
+            if trim_last_layer:
+                trim.positions, trim.row_tokens = (cu[1:] - 1).long(), input_ids.shape[1]
             out = model(
                 input_ids=input_ids,
                 position_ids=position_ids,

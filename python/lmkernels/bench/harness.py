@@ -38,8 +38,12 @@ def compare(core: str, case: str, impls: dict[str, Callable[[], Any]], *, baseli
             extra: Callable[[str, float], dict[str, Any]] | None = None) -> list[Row]:
     """Time every impl of one case in interleaved rounds, so drift and noise hit all alike.
 
-    At least `min_rounds` rounds, then more until each impl had about 0.3 s (quick) or 1.5 s
-    of samples, at most 200. The machine is noisy: medians, never means.
+    Each round starts one impl later in the order, so every impl follows every other one
+    equally often: what one leaves in the caches (a baseline that writes a large temporary
+    leaves dirty lines that cost the next impl's reads up to 2x on a 4 MB-L2 Xeon) is shared
+    out instead of always charged to the same neighbour. At least `min_rounds` rounds, then
+    more until each impl had about 0.3 s (quick) or 1.5 s of samples, at most 200. The machine
+    is noisy: medians, never means.
     """
     min_time_s = 0.3 if quick else 1.5
     for fn in impls.values():
@@ -50,7 +54,9 @@ def compare(core: str, case: str, impls: dict[str, Callable[[], Any]], *, baseli
     start = time.perf_counter()
     rounds = 0
     while rounds < min_rounds or (time.perf_counter() - start < min_time_s * len(impls) and rounds < 200):
-        for name, fn in impls.items():
+        names = list(impls)
+        for name in names[rounds % len(names):] + names[:rounds % len(names)]:
+            fn = impls[name]
             t0 = time.perf_counter()
             fn()
             _sync(device)

@@ -77,11 +77,19 @@ def prepacked(model, prompts):
     return hf.prefill(model, prompts).logits
 
 
+def prepacked_full_last_layer(model, prompts):
+    """Prepacking alone: the last layer runs every position, as the baselines do."""
+    from lmkernels import hf
+
+    return hf.prefill(model, prompts, trim_last_layer=False).logits
+
+
 METHODS = {
     "padded batch (sdpa)": padded_batch,
     "one at a time (sdpa)": one_at_a_time,
     "sorted batches of 8": sorted_batches,
     "lmkernels prefill": prepacked,
+    "lmkernels prefill, full last layer": prepacked_full_last_layer,
 }
 
 
