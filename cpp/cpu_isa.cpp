@@ -1,6 +1,9 @@
 #include "lmkernels/cpu_isa.h"
 
 #include <ATen/cpu/Utils.h>
+#if defined(__x86_64__)
+#include <cpuid.h>
+#endif
 
 #include <atomic>
 #include <cstdlib>
@@ -27,6 +30,10 @@ bool x86_has(const char* feature) {
   if (f == "avx512_vnni") return __builtin_cpu_supports("avx512vnni");
   if (f == "avx512_bf16") return __builtin_cpu_supports("avx512bf16");
   if (f == "avxvnni") return __builtin_cpu_supports("avxvnni");
+  if (f == "amx_int8") {  // CPUID.(7, 0).EDX: bit 24 AMX-TILE, bit 25 AMX-INT8
+    unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+    return __get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx) && (edx >> 24 & 1) && (edx >> 25 & 1);
+  }
 #endif
   (void)feature;
   return false;
@@ -45,7 +52,7 @@ bool isa_supported(CpuIsa isa) {
       return isa_supported(CpuIsa::kAvx512) && x86_has("avx512_vnni");
     case CpuIsa::kAmx: {
       // init_amx asks the kernel for the tile state (arch_prctl); false without AMX or consent.
-      static const bool amx = x86_has("avx512_bf16") && at::cpu::init_amx();
+      static const bool amx = x86_has("amx_int8") && at::cpu::init_amx();
       return isa_supported(CpuIsa::kAvx512Vnni) && amx;
     }
   }

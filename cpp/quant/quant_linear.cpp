@@ -77,17 +77,25 @@ using RowsKernel = bool (*)(const QuantLinearArgs&, int64_t, int64_t, void*);
 // with every row, where AMX's is nearly that of one dequantization of the weight).
 constexpr int64_t kQuantAmxMinRows = 8;
 
-void quant_linear_amx(const QuantShape& s, const at::Tensor& x2, const QuantLinearArgs& packed, at::Tensor& out) {
-  const int64_t rows = x2.size(0);
-  const int64_t m_tiles = (rows + kQuantAmxTileCols - 1) / kQuantAmxTileCols;
-  at::Tensor tiles = at::zeros({m_tiles * quant_amx_padded_k(s) * kQuantAmxTileCols}, x2.options().dtype(at::kShort));
-  auto* tiles_ptr = reinterpret_cast<uint16_t*>(tiles.data_ptr<int16_t>());
-  const at::Tensor x32 = x2.to(at::kFloat);
+void quant_linear_amx(const QuantShape& s, const QuantizedActivations& qa, const QuantLinearArgs& packed,
+                      at::Tensor& out) {
+  const int64_t rows = out.size(0), S = s.super_blocks;
+  const int64_t m_tiles = (rows + kQuantAmxTileCols - 1) / kQuantAmxTileCols, x_stride = m_tiles * kQuantAmxTileCols;
+  const auto opts = out.options();
+  at::Tensor tiles = at::zeros({m_tiles * S * kQuantSuperBlock * kQuantAmxTileCols}, opts.dtype(at::kChar));
   at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
-    quant_amx_activation_tiles(x32.data_ptr<float>(), begin, end, s.in_features, quant_amx_padded_k(s), tiles_ptr);
+    quant_amx_activation_tiles(qa.codes.data_ptr<int8_t>(), begin, end, S, tiles.data_ptr<int8_t>());
   });
+  at::Tensor xscale_t = at::zeros({S, x_stride}, opts);
+  xscale_t.narrow(1, 0, rows).copy_(qa.scales.narrow(1, 0, S).t());
+  // The min term's activation side: per group, its block's scale times its code sum.
+  const int64_t groups_per_block = kQuantSuperUnits / s.units_per_group;
+  at::Tensor group_sums = at::zeros({s.groups, x_stride}, opts);
+  group_sums.narrow(1, 0, rows).copy_(
+      qa.scales.narrow(1, 0, S).repeat_interleave(groups_per_block, 1).narrow(1, 0, s.groups).mul(qa.sums.to(at::kFloat)).t());
   QuantLinearAmxArgs args{s, packed.codes_lo, packed.codes_hi, packed.hi_groups, packed.scales, packed.super_scales,
-                          packed.bias, tiles_ptr, rows, out.data_ptr<float>()};
+                          packed.bias, tiles.data_ptr<int8_t>(), xscale_t.data_ptr<float>(), group_sums.data_ptr<float>(),
+                          x_stride, rows, out.data_ptr<float>()};
   const int64_t strips = (s.out_features + kQuantAmxStripRows - 1) / kQuantAmxStripRows;
   std::atomic<bool> ok{true};
   at::parallel_for(0, strips, 1, [&](int64_t begin, int64_t end) {
@@ -127,14 +135,6 @@ at::Tensor quant_linear_cpu(const at::Tensor& x, const at::Tensor& codes_lo, con
   args.bias = bias_f32.defined() ? bias_f32.data_ptr<float>() : nullptr;
   args.rows = rows;
   args.out = out.data_ptr<float>();
-#ifndef LMKERNELS_NO_X86_SIMD
-  if (active_isa() == CpuIsa::kAmx && rows >= kQuantAmxMinRows) {
-    quant_linear_amx(s, x2, args, out);
-    if (x.scalar_type() != at::kFloat) out = out.to(x.scalar_type());
-    return out.reshape(out_shape);
-  }
-#endif
-
   const auto opts = x.options();
   QuantizedActivations qa{at::empty({rows, s.super_blocks * kQuantSuperBlock}, opts.dtype(at::kChar)),
                           at::empty({rows, quant_combine_stride(s.super_blocks)}, opts.dtype(at::kFloat)),
@@ -145,6 +145,13 @@ at::Tensor quant_linear_cpu(const at::Tensor& x, const at::Tensor& codes_lo, con
   args.xq = qa.codes.data_ptr<int8_t>();
   args.xscale = qa.scales.data_ptr<float>();
   args.xsum = qa.sums.data_ptr<int16_t>();
+#ifndef LMKERNELS_NO_X86_SIMD
+  if (active_isa() == CpuIsa::kAmx && rows >= kQuantAmxMinRows) {
+    quant_linear_amx(s, qa, args, out);
+    if (x.scalar_type() != at::kFloat) out = out.to(x.scalar_type());
+    return out.reshape(out_shape);
+  }
+#endif
 
   const RowsKernel kernel = pick_for_isa<RowsKernel>(LMK_ISA_KERNELS_VNNI(quant_linear_rows_));
   std::atomic<bool> ok{true};

@@ -8,23 +8,10 @@
 //   acc01 += dpbusd(c01, x[32u .. 32u + 63]), acc23 += dpbusd(c23, x[32u + 64 .. 32u + 127]).
 // Adding both accumulators' halves gives a block's 8 int32 lanes, exactly the AVX2 ones (lane j holds
 // weights 4j .. 4j + 3 of every unit), so the float steps and the result are the same bits.
-#include "quant/quant_linear_avx2_parts.h"
+#include "quant/quant_linear_avx512_parts.h"
 
 namespace lmkernels {
 namespace {
-
-// [table of `pair` 0 with scale a | table of pair 1 with scale b], each 16-byte table
-// repeated over its half's two 128-bit lanes (pshufb looks up within a 128-bit lane).
-inline __m512i pair_tables(int a, int b) {
-  const __m512i low = _mm512_broadcast_i32x4(_mm_load_si128(reinterpret_cast<const __m128i*>(kScaledCodes.t[0][a])));
-  return _mm512_mask_broadcast_i32x4(low, 0xFF00, _mm_load_si128(reinterpret_cast<const __m128i*>(kScaledCodes.t[1][b])));
-}
-
-// Unit u's scale code; with one unit per group (kDirect) the scale bytes are the units'.
-template <bool kDirect>
-inline int unit_scale(UnitScales scales, int64_t u) {
-  return kDirect ? scale_code(scales.packed[u]) : scales[u];
-}
 
 // Units u .. u + 3 into two accumulators per row (acc01: units 0 and 1, acc23: 2 and 3), so a
 // block's dependent vpdpbusd chain is two long instead of four.

@@ -39,8 +39,8 @@ struct QuantLinearArgs {
 LMK_INLINE int64_t quant_combine_stride(int64_t super_blocks) { return (super_blocks + 7) / 8 * 8; }
 
 
-// The AMX path, for batches: activations rounded to bf16 once, the weight dequantized to bf16
-// one strip of 16 output rows at a time (in cache), and bf16 tile products into fp32.
+// The AMX path, for batches (quant_linear_amx.cpp): the same int8 activations, u8 codes times
+// their unit's scale, AMX int8 tile products per super-block, fp32 combination.
 constexpr int kQuantAmxStripRows = 16;
 constexpr int kQuantAmxTileCols = 16;  // activation rows per tile
 
@@ -52,25 +52,26 @@ struct QuantLinearAmxArgs {
   const uint8_t* scales;
   const uint16_t* super_scales;  // fp16 bits
   const float* bias;             // [N] or null
-  // bf16 bits of the activations, laid out as AMX B tiles, zero padded:
-  // [ceil(M / 16)][units * 16 (pairs of k)][16 rows][2], k >= in_features and rows >= M zero.
-  const uint16_t* x_tiles;
+  // The int8 activations as AMX B tiles: [ceil(M / 16)][super_blocks * 64 (4 k each)][16 rows][4].
+  const int8_t* x_tiles;
+  const float* xscale_t;         // [super_blocks][x_stride]: activation row m's block scales, zero padded
+  // [groups][x_stride]: xscale of the group's block * the group's code sum, per activation row
+  const float* group_sums;
+  int64_t x_stride;              // M rounded up to 16
   int64_t rows;                  // M
   float* out;                    // [M, N]
 };
 
-LMK_INLINE int64_t quant_amx_padded_k(const QuantShape& s) { return s.units * kQuantUnit; }
-
-// A strip of 16 dequantized rows, two 16 x 16 fp32 tiles and a row's decoded group scales
-// and mins, plus alignment.
+// A strip of 16 rows of codes, two int32 tiles, a float accumulator tile and the strip's d_b
+// and min-term weights, plus alignment.
 LMK_INLINE int64_t quant_linear_amx_scratch_bytes(const QuantShape& s) {
-  return kQuantAmxStripRows * quant_amx_padded_k(s) * 2 + 2 * 16 * 16 * 4 + 2 * s.groups * 4 + 64;
+  return kQuantAmxStripRows * (s.super_blocks * kQuantSuperBlock + s.super_blocks * 4 + s.groups * 4) + 3 * 1024 + 64;
 }
 
-// Rows [row_begin, row_end) of fp32 x [M, in_features] into `tiles` (x_tiles' layout, zeroed
-// by the caller; bf16 rounded to nearest even).
-void quant_amx_activation_tiles(const float* x, int64_t row_begin, int64_t row_end, int64_t in_features,
-                                int64_t padded_k, uint16_t* tiles);
+// Rows [row_begin, row_end) of the quantized activations (rows of super_blocks * 256 codes)
+// into `tiles` (x_tiles' layout, zeroed by the caller).
+void quant_amx_activation_tiles(const int8_t* xq, int64_t row_begin, int64_t row_end, int64_t super_blocks,
+                                int8_t* tiles);
 // Computes out[:, begin:end] (begin a multiple of 16); false as for the row kernels.
 bool quant_linear_rows_amx(const QuantLinearAmxArgs& args, int64_t begin, int64_t end, void* scratch);
 

@@ -18,8 +18,8 @@
 
 namespace lmkernels {
 
-// kAvx512Vnni is AVX-512 plus VNNI (vpdpbusd), kAmx that plus AVX512-BF16 and AMX-BF16 tiles
-// (enabled for this process): ops without such a kernel run their best lower one there.
+// kAvx512Vnni is AVX-512 plus VNNI (vpdpbusd), kAmx that plus AMX-INT8 tiles (enabled for this
+// process): ops without such a kernel run their best lower one there.
 enum class CpuIsa : int { kScalar = 0, kAvx2 = 1, kAvx512 = 2, kAvx512Vnni = 3, kAmx = 4 };
 
 // Best path the CPU (and OS) supports; computed once.
