@@ -93,9 +93,8 @@ void quant_linear_amx(const QuantShape& s, const QuantizedActivations& qa, const
   at::Tensor group_sums = at::zeros({s.groups, x_stride}, opts);
   group_sums.narrow(1, 0, rows).copy_(
       qa.scales.narrow(1, 0, S).repeat_interleave(groups_per_block, 1).narrow(1, 0, s.groups).mul(qa.sums.to(at::kFloat)).t());
-  QuantLinearAmxArgs args{s, packed.codes_lo, packed.codes_hi, packed.hi_groups, packed.scales, packed.super_scales,
-                          packed.bias, tiles.data_ptr<int8_t>(), xscale_t.data_ptr<float>(), group_sums.data_ptr<float>(),
-                          x_stride, rows, out.data_ptr<float>()};
+  const QuantLinearAmxArgs args{packed, tiles.data_ptr<int8_t>(), xscale_t.data_ptr<float>(), group_sums.data_ptr<float>(),
+                                x_stride};
   const int64_t strips = (s.out_features + kQuantAmxStripRows - 1) / kQuantAmxStripRows;
   std::atomic<bool> ok{true};
   at::parallel_for(0, strips, 1, [&](int64_t begin, int64_t end) {

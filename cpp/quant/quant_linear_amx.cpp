@@ -48,10 +48,10 @@ void row_scales(const QuantShape& s, const uint8_t* packed, const uint16_t* halv
 // 64 bytes in the strip's first tile); chunks past the row's quads are zeroed.
 template <bool kDirect>
 void row_codes(const QuantLinearAmxArgs& a, int64_t n, bool high_ok, uint8_t* dst) {
-  const QuantShape& s = a.shape;
-  const UnitScales unit_scales{a.scales + n * s.groups, __builtin_ctzll(static_cast<uint64_t>(s.units_per_group))};
+  const QuantShape& s = a.base.shape;
+  const UnitScales unit_scales{a.base.scales + n * s.groups, __builtin_ctzll(static_cast<uint64_t>(s.units_per_group))};
   auto scale = [&](int64_t u) { return u < s.units ? unit_scale<kDirect>(unit_scales, u) : 0; };
-  const uint8_t* lo = a.codes_lo + n * s.lo_stride;
+  const uint8_t* lo = a.base.codes_lo + n * s.lo_stride;
   const __m512i nibble = _mm512_set1_epi8(15);
   const int64_t quads = (s.units + kQuantQuadUnits - 1) / kQuantQuadUnits;
   for (int64_t q = 0; q < quads; ++q) {
@@ -67,12 +67,12 @@ void row_codes(const QuantLinearAmxArgs& a, int64_t n, bool high_ok, uint8_t* ds
     _mm512_store_si512(dst + chunk * kTileBytes, _mm512_setzero_si512());
   }
   if (!high_ok) return;
-  const int16_t* hi_groups = a.hi_groups + n * s.num_hi;
+  const int16_t* hi_groups = a.base.hi_groups + n * s.num_hi;
   const __m256i low_nibble = _mm256_set1_epi8(15);
   for (int64_t j = 0; j < s.num_hi; ++j) {
     for (int64_t k = 0; k < s.units_per_group; ++k) {
       const int64_t u = hi_groups[j] * s.units_per_group + k, i = n * s.hi_units + j * s.units_per_group + k;
-      const __m256i high = load_quad(a.codes_hi + i / kQuantQuadUnits * kQuantQuadBytes);
+      const __m256i high = load_quad(a.base.codes_hi + i / kQuantQuadUnits * kQuantQuadBytes);
       const int slot = static_cast<int>(i % kQuantQuadUnits);
       const __m256i nibbles = _mm256_and_si256(slot < 2 ? high : _mm256_srli_epi16(high, 4), low_nibble);
       // 4 * scale * code: at most 180 per byte, no carry from the 16-bit shift; plus the low
@@ -118,40 +118,34 @@ inline void subtract_min_term(const float* min_weights, int64_t groups, const fl
   for (int r = 0; r < kQuantAmxStripRows; ++r) _mm512_store_ps(acc + r * 16, rows[r]);
 }
 
+// One super-block (four chunks from chunk k0) into C tile TC, alternating two A/B tile pairs.
+#define LMK_AMX_BLOCK(TC, TA0, TB0, TA1, TB1, k0) \
+  do {                                            \
+    _tile_zero(TC);                               \
+    LMK_AMX_CHUNK(TC, TA0, TB0, (k0));            \
+    LMK_AMX_CHUNK(TC, TA1, TB1, (k0) + 1);        \
+    LMK_AMX_CHUNK(TC, TA0, TB0, (k0) + 2);        \
+    LMK_AMX_CHUNK(TC, TA1, TB1, (k0) + 3);        \
+  } while (0)
+
 // Products of the strip with one activation tile (16 rows), block pairs on C tiles 4 and 5 so
 // one block's store and combine overlap the next block's products.
 void strip_product(const uint8_t* strip, const int8_t* x_tiles, int64_t super_blocks, const float* d,
                    const float* xscale_t, int64_t x_stride, int32_t* c, float* acc) {
   std::memset(acc, 0, kQuantAmxStripRows * 16 * sizeof(float));
-  int64_t b = 0;
-  for (; b + 2 <= super_blocks; b += 2) {
-    const int64_t k0 = b * 4;
-    _tile_zero(4);
-    LMK_AMX_CHUNK(4, 0, 1, k0);
-    LMK_AMX_CHUNK(4, 7, 3, k0 + 1);
-    LMK_AMX_CHUNK(4, 0, 1, k0 + 2);
-    LMK_AMX_CHUNK(4, 7, 3, k0 + 3);
-    _tile_zero(5);
-    LMK_AMX_CHUNK(5, 2, 6, k0 + 4);
-    LMK_AMX_CHUNK(5, 0, 1, k0 + 5);
-    LMK_AMX_CHUNK(5, 7, 3, k0 + 6);
-    LMK_AMX_CHUNK(5, 2, 6, k0 + 7);
+  for (int64_t b = 0; b < super_blocks; b += 2) {
+    const bool pair = b + 1 < super_blocks;
+    LMK_AMX_BLOCK(4, 0, 1, 7, 3, b * 4);
+    if (pair) LMK_AMX_BLOCK(5, 2, 6, 0, 1, b * 4 + 4);
     _tile_stored(4, c, 64);
     combine_block(c, d + b, super_blocks, xscale_t + b * x_stride, acc);
-    _tile_stored(5, c + 256, 64);
-    combine_block(c + 256, d + b + 1, super_blocks, xscale_t + (b + 1) * x_stride, acc);
-  }
-  if (b < super_blocks) {
-    const int64_t k0 = b * 4;
-    _tile_zero(4);
-    LMK_AMX_CHUNK(4, 0, 1, k0);
-    LMK_AMX_CHUNK(4, 7, 3, k0 + 1);
-    LMK_AMX_CHUNK(4, 0, 1, k0 + 2);
-    LMK_AMX_CHUNK(4, 7, 3, k0 + 3);
-    _tile_stored(4, c, 64);
-    combine_block(c, d + b, super_blocks, xscale_t + b * x_stride, acc);
+    if (pair) {
+      _tile_stored(5, c + 256, 64);
+      combine_block(c + 256, d + b + 1, super_blocks, xscale_t + (b + 1) * x_stride, acc);
+    }
   }
 }
+#undef LMK_AMX_BLOCK
 #undef LMK_AMX_CHUNK
 
 }  // namespace
@@ -172,9 +166,9 @@ void quant_amx_activation_tiles(const int8_t* xq, int64_t row_begin, int64_t row
 }
 
 bool quant_linear_rows_amx(const QuantLinearAmxArgs& a, int64_t begin, int64_t end, void* scratch) {
-  const QuantShape& s = a.shape;
+  const QuantShape& s = a.base.shape;
   const int64_t S = s.super_blocks, kp = S * kQuantSuperBlock;
-  const int64_t m_tiles = (a.rows + kQuantAmxTileCols - 1) / kQuantAmxTileCols;
+  const int64_t m_tiles = (a.base.rows + kQuantAmxTileCols - 1) / kQuantAmxTileCols;
   auto* strip = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(scratch) + 63) / 64 * 64);
   auto* c = reinterpret_cast<int32_t*>(strip + kQuantAmxStripRows * kp);
   float* acc = reinterpret_cast<float*>(c + 2 * 256);
@@ -202,14 +196,14 @@ bool quant_linear_rows_amx(const QuantLinearAmxArgs& a, int64_t begin, int64_t e
       }
       const int64_t n = n0 + r;
       // A bad row skips its high plane (nothing is read through its hi_groups); the caller raises.
-      const bool high_ok = hi_groups_valid(s, a.hi_groups + n * s.num_hi);
+      const bool high_ok = hi_groups_valid(s, a.base.hi_groups + n * s.num_hi);
       ok &= high_ok;
       if (s.units_per_group == 1) {
         row_codes<true>(a, n, high_ok, dst);
       } else {
         row_codes<false>(a, n, high_ok, dst);
       }
-      row_scales(s, a.scales + n * s.groups, a.super_scales + n * S * 2, min_weights + r * s.groups, d + r * S);
+      row_scales(s, a.base.scales + n * s.groups, a.base.super_scales + n * S * 2, min_weights + r * s.groups, d + r * S);
     }
     for (int64_t t = 0; t < m_tiles; ++t) {
       strip_product(strip, a.x_tiles + t * kp * kQuantAmxTileCols, S, d, a.xscale_t + t * kQuantAmxTileCols,
@@ -218,9 +212,9 @@ bool quant_linear_rows_amx(const QuantLinearAmxArgs& a, int64_t begin, int64_t e
       // acc[output row r][activation row j] -> out[m][n0 + r].
       for (int64_t j = 0; j < kQuantAmxTileCols; ++j) {
         const int64_t m = t * kQuantAmxTileCols + j;
-        if (m >= a.rows) break;
-        float* y = a.out + m * s.out_features + n0;
-        for (int64_t r = 0; r < rows; ++r) y[r] = acc[r * 16 + j] + (a.bias ? a.bias[n0 + r] : 0.0f);
+        if (m >= a.base.rows) break;
+        float* y = a.base.out + m * s.out_features + n0;
+        for (int64_t r = 0; r < rows; ++r) y[r] = acc[r * 16 + j] + (a.base.bias ? a.base.bias[n0 + r] : 0.0f);
       }
     }
   }

@@ -38,39 +38,26 @@ inline void accumulate_quad(__m256i* acc, __m256i q, const int8_t* const* x, int
 }
 
 struct Avx2Ops : Avx2Common {
-  // Whole blocks fully unrolled (two quads), each block's int lanes folded into the float
-  // lanes in registers.
+  // Whole blocks fully unrolled (two quads).
   template <int MC>
   static void row_dot(const uint8_t* lo, const int8_t* const* x, UnitScales unit_scales, int64_t units,
                       const float* const* dx, float* const* lane) {
-    __m256 facc[MC];
-    for (int m = 0; m < MC; ++m) facc[m] = _mm256_setzero_ps();
-    const int64_t full = units / kQuantSuperUnits;
-    for (int64_t b = 0; b < full; ++b) {
-      const int64_t u = b * kQuantSuperUnits;
-      const uint8_t* quads = lo + u / kQuantQuadUnits * kQuantQuadBytes;
-      __m256i acc[MC];
+    auto quads_at = [&](int64_t u) { return lo + u / kQuantQuadUnits * kQuantQuadBytes; };
+    auto full = [&](int64_t u, __m256i* acc) {
       for (int m = 0; m < MC; ++m) acc[m] = _mm256_setzero_si256();
-      accumulate_quad<MC>(acc, load_quad(quads), x, u, unit_scales);
-      accumulate_quad<MC>(acc, load_quad(quads + kQuantQuadBytes), x, u + kQuantQuadUnits, unit_scales);
-      for (int m = 0; m < MC; ++m) facc[m] = accumulate_lanes(facc[m], acc[m], dx[m][b]);
-    }
-    if (full * kQuantSuperUnits < units) {
-      __m256i acc[MC];
+      accumulate_quad<MC>(acc, load_quad(quads_at(u)), x, u, unit_scales);
+      accumulate_quad<MC>(acc, load_quad(quads_at(u) + kQuantQuadBytes), x, u + kQuantQuadUnits, unit_scales);
+    };
+    auto tail = [&](int64_t u, int64_t count, __m256i* acc) {
       for (int m = 0; m < MC; ++m) acc[m] = _mm256_setzero_si256();
-      int64_t u = full * kQuantSuperUnits;
-      for (; u + kQuantQuadUnits <= units; u += kQuantQuadUnits) {
-        accumulate_quad<MC>(acc, load_quad(lo + u / kQuantQuadUnits * kQuantQuadBytes), x, u, unit_scales);
+      const int64_t end = u + count;
+      for (; u + kQuantQuadUnits <= end; u += kQuantQuadUnits) accumulate_quad<MC>(acc, load_quad(quads_at(u)), x, u, unit_scales);
+      const __m256i q = load_quad(quads_at(u));
+      for (int i = 0; u + i < end; ++i) {
+        accumulate_unit<MC>(acc, low_codes(_mm256_srl_epi16(q, _mm_cvtsi32_si128(2 * i))), x, u + i, unit_scales[u + i]);
       }
-      if (u < units) {
-        const __m256i q = load_quad(lo + u / kQuantQuadUnits * kQuantQuadBytes);
-        for (int i = 0; u + i < units; ++i) {
-          accumulate_unit<MC>(acc, low_codes(_mm256_srl_epi16(q, _mm_cvtsi32_si128(2 * i))), x, u + i, unit_scales[u + i]);
-        }
-      }
-      for (int m = 0; m < MC; ++m) facc[m] = accumulate_lanes(facc[m], acc[m], dx[m][full]);
-    }
-    for (int m = 0; m < MC; ++m) _mm256_storeu_ps(lane[m], facc[m]);
+    };
+    dense_blocks<MC>(units, dx, lane, full, tail);
   }
 };
 

@@ -47,6 +47,27 @@ inline __m256 accumulate_lanes(__m256 lane, __m256i ints, float dx) {
   return _mm256_add_ps(lane, _mm256_mul_ps(_mm256_cvtepi32_ps(ints), _mm256_set1_ps(dx)));
 }
 
+// The dense pass's walk over a row's super-blocks, shared by the SIMD paths: `full(u, ints)`
+// and `tail(u, count, ints)` give each activation row's 8 int32 lanes of a whole block from
+// unit u, or of the row's last, partial one (count units), and each block's lanes are folded
+// into the float lanes in registers (lane += float(ints) * dx[b]).
+template <int MC, class Full, class Tail>
+inline void dense_blocks(int64_t units, const float* const* dx, float* const* lane, Full full, Tail tail) {
+  __m256 facc[MC];
+  for (int m = 0; m < MC; ++m) facc[m] = _mm256_setzero_ps();
+  const int64_t blocks = units / kQuantSuperUnits;
+  __m256i ints[MC];
+  for (int64_t b = 0; b < blocks; ++b) {
+    full(b * kQuantSuperUnits, ints);
+    for (int m = 0; m < MC; ++m) facc[m] = accumulate_lanes(facc[m], ints[m], dx[m][b]);
+  }
+  if (blocks * kQuantSuperUnits < units) {
+    tail(blocks * kQuantSuperUnits, units - blocks * kQuantSuperUnits, ints);
+    for (int m = 0; m < MC; ++m) facc[m] = accumulate_lanes(facc[m], ints[m], dx[m][blocks]);
+  }
+  for (int m = 0; m < MC; ++m) _mm256_storeu_ps(lane[m], facc[m]);
+}
+
 struct Avx2Common {
   // The high plane's units a quad at a time (shifts by immediates), from the quad holding
   // `first`; a row's first and last quads may hold its neighbours' units, which are skipped.

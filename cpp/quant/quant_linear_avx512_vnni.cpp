@@ -58,32 +58,23 @@ inline __m256i block_lanes(__m512i acc01, __m512i acc23) { return fold_halves(_m
 template <int MC, bool kDirect>
 void dense_pass(const uint8_t* lo, const int8_t* const* x, UnitScales unit_scales, int64_t units,
                 const float* const* dx, float* const* lane) {
-  __m256 facc[MC];
-  for (int m = 0; m < MC; ++m) facc[m] = _mm256_setzero_ps();
-  const int64_t full = units / kQuantSuperUnits;
-  for (int64_t b = 0; b < full; ++b) {
-    const int64_t u = b * kQuantSuperUnits;
-    const uint8_t* quads = lo + u / kQuantQuadUnits * kQuantQuadBytes;
+  auto quads_at = [&](int64_t u) { return lo + u / kQuantQuadUnits * kQuantQuadBytes; };
+  auto full = [&](int64_t u, __m256i* ints) {
     __m512i acc01[MC], acc23[MC];
     for (int m = 0; m < MC; ++m) acc01[m] = acc23[m] = _mm512_setzero_si512();
-    quad_dot<MC, kDirect>(acc01, acc23, quads, x, u, unit_scales);
-    quad_dot<MC, kDirect>(acc01, acc23, quads + kQuantQuadBytes, x, u + kQuantQuadUnits, unit_scales);
-    for (int m = 0; m < MC; ++m) facc[m] = accumulate_lanes(facc[m], block_lanes(acc01[m], acc23[m]), dx[m][b]);
-  }
-  if (full * kQuantSuperUnits < units) {
+    quad_dot<MC, kDirect>(acc01, acc23, quads_at(u), x, u, unit_scales);
+    quad_dot<MC, kDirect>(acc01, acc23, quads_at(u) + kQuantQuadBytes, x, u + kQuantQuadUnits, unit_scales);
+    for (int m = 0; m < MC; ++m) ints[m] = block_lanes(acc01[m], acc23[m]);
+  };
+  auto tail = [&](int64_t u, int64_t count, __m256i* ints) {
     __m512i acc01[MC], acc23[MC];
     for (int m = 0; m < MC; ++m) acc01[m] = acc23[m] = _mm512_setzero_si512();
-    int64_t u = full * kQuantSuperUnits;
-    for (; u + kQuantQuadUnits <= units; u += kQuantQuadUnits) {
-      quad_dot<MC, kDirect>(acc01, acc23, lo + u / kQuantQuadUnits * kQuantQuadBytes, x, u, unit_scales);
-    }
-    if (u < units) {
-      partial_quad_dot<MC>(acc01, lo + u / kQuantQuadUnits * kQuantQuadBytes, x, u, static_cast<int>(units - u),
-                           unit_scales);
-    }
-    for (int m = 0; m < MC; ++m) facc[m] = accumulate_lanes(facc[m], block_lanes(acc01[m], acc23[m]), dx[m][full]);
-  }
-  for (int m = 0; m < MC; ++m) _mm256_storeu_ps(lane[m], facc[m]);
+    const int64_t end = u + count;
+    for (; u + kQuantQuadUnits <= end; u += kQuantQuadUnits) quad_dot<MC, kDirect>(acc01, acc23, quads_at(u), x, u, unit_scales);
+    if (u < end) partial_quad_dot<MC>(acc01, quads_at(u), x, u, static_cast<int>(end - u), unit_scales);
+    for (int m = 0; m < MC; ++m) ints[m] = block_lanes(acc01[m], acc23[m]);
+  };
+  dense_blocks<MC>(units, dx, lane, full, tail);
 }
 
 struct Avx512VnniOps : Avx2Common {

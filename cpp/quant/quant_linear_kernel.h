@@ -45,21 +45,13 @@ constexpr int kQuantAmxStripRows = 16;
 constexpr int kQuantAmxTileCols = 16;  // activation rows per tile
 
 struct QuantLinearAmxArgs {
-  QuantShape shape;
-  const uint8_t* codes_lo;
-  const uint8_t* codes_hi;
-  const int16_t* hi_groups;
-  const uint8_t* scales;
-  const uint16_t* super_scales;  // fp16 bits
-  const float* bias;             // [N] or null
+  QuantLinearArgs base;          // shape, weight, bias, rows, out (its xq, xscale, xsum unused)
   // The int8 activations as AMX B tiles: [ceil(M / 16)][super_blocks * 64 (4 k each)][16 rows][4].
   const int8_t* x_tiles;
   const float* xscale_t;         // [super_blocks][x_stride]: activation row m's block scales, zero padded
   // [groups][x_stride]: xscale of the group's block * the group's code sum, per activation row
   const float* group_sums;
   int64_t x_stride;              // M rounded up to 16
-  int64_t rows;                  // M
-  float* out;                    // [M, N]
 };
 
 // A strip of 16 rows of codes, two int32 tiles, a float accumulator tile and the strip's d_b
