@@ -23,50 +23,14 @@ struct QuantizedActivations {
   at::Tensor codes, scales, sums;
 };
 
-// Largest |x| of a block through the float bits: for non-negative floats the integer order
-// is the float order, and NaN sorts above Inf, so a NaN or Inf activation yields a NaN or Inf
-// scale (and a NaN output row) instead of being skipped. Integer max vectorizes; float max
-// with NaN semantics does not.
-LMK_INLINE float block_absmax(const float* x, int64_t n) {
-  int32_t top = 0;
-  for (int64_t k = 0; k < n; ++k) {
-    int32_t bits;
-    std::memcpy(&bits, x + k, 4);
-    bits &= 0x7fffffff;
-    top = bits > top ? bits : top;
-  }
-  float absmax;
-  std::memcpy(&absmax, &top, 4);
-  return absmax;
-}
-
-template <StorageDtype D>
-void quantize_activation_rows(const QuantShape& s, const void* x, int64_t rows, QuantizedActivations& qa) {
-  using T = typename Storage<D>::T;
-  const int64_t S = s.super_blocks, S8 = quant_combine_stride(S), stride = S * kQuantSuperBlock, K = s.in_features;
-  int8_t* codes = qa.codes.data_ptr<int8_t>();
-  float* scales = qa.scales.data_ptr<float>();
-  int16_t* sums = qa.sums.data_ptr<int16_t>();
-  at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> row(stride, 0.0f);
-    for (int64_t m = begin; m < end; ++m) {
-      const T* src = static_cast<const T*>(x) + m * K;
-      for (int64_t k = 0; k < K; ++k) row[k] = Storage<D>::load(src + k);
-      int8_t* q = codes + m * stride;
-      for (int64_t b = 0; b < S; ++b) {
-        const float* block = row.data() + b * kQuantSuperBlock;
-        const float absmax = block_absmax(block, kQuantSuperBlock);
-        const float inverse = activation_inverse_scale(absmax);
-        scales[m * S8 + b] = activation_block_scale(absmax);
-        for (int64_t k = 0; k < kQuantSuperBlock; ++k) q[b * kQuantSuperBlock + k] = activation_code(block[k], inverse);
-      }
-      for (int64_t b = S; b < S8; ++b) scales[m * S8 + b] = 0.0f;
-      for (int64_t g = 0; g < s.groups; ++g) {
-        int32_t sum = 0;
-        for (int64_t k = g * s.group_size; k < (g + 1) * s.group_size; ++k) sum += q[k];
-        sums[m * s.groups + g] = static_cast<int16_t>(sum);
-      }
-    }
+void quantize_activation_rows(const QuantShape& s, const at::Tensor& x2, QuantizedActivations& qa) {
+  using Kernel = void (*)(const ActivationQuantArgs&, int64_t, int64_t, float*);
+  const Kernel kernel = pick_for_isa<Kernel>(LMK_ISA_KERNELS(quantize_activation_rows_));
+  const ActivationQuantArgs args{s, x2.data_ptr(), storage_dtype(x2.scalar_type()), qa.codes.data_ptr<int8_t>(),
+                                 qa.scales.data_ptr<float>(), qa.sums.data_ptr<int16_t>()};
+  at::parallel_for(0, x2.size(0), 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> row(s.super_blocks * kQuantSuperBlock);
+    kernel(args, begin, end, row.data());
   });
 }
 
@@ -138,9 +102,7 @@ at::Tensor quant_linear_cpu(const at::Tensor& x, const at::Tensor& codes_lo, con
   QuantizedActivations qa{at::empty({rows, s.super_blocks * kQuantSuperBlock}, opts.dtype(at::kChar)),
                           at::empty({rows, quant_combine_stride(s.super_blocks)}, opts.dtype(at::kFloat)),
                           at::empty({rows, s.groups}, opts.dtype(at::kShort))};
-  with_storage_dtype(x.scalar_type(), [&](auto tag) {
-    quantize_activation_rows<decltype(tag)::value>(s, x2.data_ptr(), rows, qa);
-  });
+  quantize_activation_rows(s, x2, qa);
   args.xq = qa.codes.data_ptr<int8_t>();
   args.xscale = qa.scales.data_ptr<float>();
   args.xsum = qa.sums.data_ptr<int16_t>();

@@ -6,6 +6,7 @@
 // scaled codes (at most 3 * 15) with one and per two units and no per-unit shift. maddubs
 // against the int8 activations stays below 2 * 45 * 127 per int16 lane, so two units add in
 // int16 before one madd widens them: the same int32 lanes as scale * madd(maddubs(codes, x)).
+#include "quant/quant_activations.h"
 #include "quant/quant_linear_avx2_parts.h"
 
 namespace lmkernels {
@@ -52,6 +53,7 @@ struct Avx2Ops : Avx2Common {
       for (int m = 0; m < MC; ++m) acc[m] = _mm256_setzero_si256();
       const int64_t end = u + count;
       for (; u + kQuantQuadUnits <= end; u += kQuantQuadUnits) accumulate_quad<MC>(acc, load_quad(quads_at(u)), x, u, unit_scales);
+      if (u == end) return;  // no partial quad (a load past it could run off the plane)
       const __m256i q = load_quad(quads_at(u));
       for (int i = 0; u + i < end; ++i) {
         accumulate_unit<MC>(acc, low_codes(_mm256_srl_epi16(q, _mm_cvtsi32_si128(2 * i))), x, u + i, unit_scales[u + i]);
@@ -65,6 +67,10 @@ struct Avx2Ops : Avx2Common {
 
 bool quant_linear_rows_avx2(const QuantLinearArgs& args, int64_t begin, int64_t end, void* scratch) {
   return quant_rows<Avx2Ops>(args, begin, end, scratch);
+}
+
+void quantize_activation_rows_avx2(const ActivationQuantArgs& args, int64_t begin, int64_t end, float* row) {
+  quantize_activations(args, begin, end, row);
 }
 
 }  // namespace lmkernels

@@ -3,6 +3,7 @@
 // maddubs + madd as on AVX2; the halves are added into the AVX2 lane layout (units u and
 // u + 1 of a block: the same integer lanes), and the float steps, the high pass and the min
 // term are the shared AVX2 pieces.
+#include "quant/quant_activations.h"
 #include "quant/quant_linear_avx2_parts.h"
 
 namespace lmkernels {
@@ -68,6 +69,10 @@ struct Avx512Ops : Avx2Common {
 
 bool quant_linear_rows_avx512(const QuantLinearArgs& args, int64_t begin, int64_t end, void* scratch) {
   return quant_rows<Avx512Ops>(args, begin, end, scratch);
+}
+
+void quantize_activation_rows_avx512(const ActivationQuantArgs& args, int64_t begin, int64_t end, float* row) {
+  quantize_activations(args, begin, end, row);
 }
 
 }  // namespace lmkernels

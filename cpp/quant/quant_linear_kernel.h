@@ -12,6 +12,7 @@
 #include <cstdint>
 
 #include "lmkernels/common.h"
+#include "lmkernels/dtype.h"
 #include "quant/quant_format.h"
 
 namespace lmkernels {
@@ -66,6 +67,21 @@ void quant_amx_activation_tiles(const int8_t* xq, int64_t row_begin, int64_t row
                                 int8_t* tiles);
 // Computes out[:, begin:end] (begin a multiple of 16); false as for the row kernels.
 bool quant_linear_rows_amx(const QuantLinearAmxArgs& args, int64_t begin, int64_t end, void* scratch);
+
+// Activations x [M, in_features] quantized as QuantLinearArgs takes them (xq, xscale, xsum).
+struct ActivationQuantArgs {
+  QuantShape shape;
+  const void* x;
+  StorageDtype dtype;
+  int8_t* codes;   // [M, super_blocks * 256]
+  float* scales;   // [M, quant_combine_stride(S)]
+  int16_t* sums;   // [M, groups]
+};
+
+// Rows [begin, end); `row` is scratch for one zero-padded fp32 row (super_blocks * 256).
+void quantize_activation_rows_scalar(const ActivationQuantArgs& args, int64_t begin, int64_t end, float* row);
+void quantize_activation_rows_avx2(const ActivationQuantArgs& args, int64_t begin, int64_t end, float* row);
+void quantize_activation_rows_avx512(const ActivationQuantArgs& args, int64_t begin, int64_t end, float* row);
 
 // Per-thread scratch a kernel needs for out_features rows [begin, end), in bytes.
 LMK_INLINE int64_t quant_linear_scratch_bytes(const QuantShape& s) {

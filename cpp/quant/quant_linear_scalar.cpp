@@ -1,6 +1,7 @@
 // Scalar path of quant_linear: the reference the SIMD paths must match bit for bit. It keeps
 // the SIMD paths' 8 lanes (lane j: weights 4j .. 4j + 3 of every unit) so that the float steps
 // are the same.
+#include "quant/quant_activations.h"
 #include "quant/quant_linear_rows.h"
 
 namespace lmkernels {
@@ -74,6 +75,10 @@ struct ScalarOps {
 
 bool quant_linear_rows_scalar(const QuantLinearArgs& args, int64_t begin, int64_t end, void* scratch) {
   return quant_rows<ScalarOps>(args, begin, end, scratch);
+}
+
+void quantize_activation_rows_scalar(const ActivationQuantArgs& args, int64_t begin, int64_t end, float* row) {
+  quantize_activations(args, begin, end, row);
 }
 
 }  // namespace lmkernels
