@@ -50,13 +50,24 @@ void quant_linear_amx(const QuantShape& s, const QuantizedActivations& qa, const
   at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
     quant_amx_activation_tiles(qa.codes.data_ptr<int8_t>(), begin, end, S, tiles.data_ptr<int8_t>());
   });
-  at::Tensor xscale_t = at::zeros({S, x_stride}, opts);
-  xscale_t.narrow(1, 0, rows).copy_(qa.scales.narrow(1, 0, S).t());
-  // The min term's activation side: per group, its block's scale times its code sum.
-  const int64_t groups_per_block = kQuantSuperUnits / s.units_per_group;
-  at::Tensor group_sums = at::zeros({s.groups, x_stride}, opts);
-  group_sums.narrow(1, 0, rows).copy_(
-      qa.scales.narrow(1, 0, S).repeat_interleave(groups_per_block, 1).narrow(1, 0, s.groups).mul(qa.sums.to(at::kFloat)).t());
+  // The activations' block scales and, for the min term, each group's block scale times its
+  // code sum, transposed to [block or group][activation row] and zero padded (plain loops: a
+  // handful of small torch ops cost more than the products at a few rows).
+  at::Tensor xscale_t = at::empty({S, x_stride}, opts), group_sums = at::empty({s.groups, x_stride}, opts);
+  const float* scales = qa.scales.data_ptr<float>();
+  const int16_t* sums = qa.sums.data_ptr<int16_t>();
+  float* xs = xscale_t.data_ptr<float>();
+  float* gs = group_sums.data_ptr<float>();
+  const int64_t S8 = quant_combine_stride(S);
+  for (int64_t b = 0; b < S; ++b) {
+    for (int64_t m = 0; m < x_stride; ++m) xs[b * x_stride + m] = m < rows ? scales[m * S8 + b] : 0.0f;
+  }
+  for (int64_t g = 0; g < s.groups; ++g) {
+    const int64_t b = super_block_of_group(g, s.units_per_group);
+    for (int64_t m = 0; m < x_stride; ++m) {
+      gs[g * x_stride + m] = m < rows ? scales[m * S8 + b] * static_cast<float>(sums[m * s.groups + g]) : 0.0f;
+    }
+  }
   const QuantLinearAmxArgs args{packed, tiles.data_ptr<int8_t>(), xscale_t.data_ptr<float>(), group_sums.data_ptr<float>(),
                                 x_stride};
   const int64_t strips = (s.out_features + kQuantAmxStripRows - 1) / kQuantAmxStripRows;
