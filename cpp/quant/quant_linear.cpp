@@ -38,7 +38,7 @@ using RowsKernel = bool (*)(const QuantLinearArgs&, int64_t, int64_t, void*);
 
 #ifndef LMKERNELS_NO_X86_SIMD
 // From this many activation rows the AMX path beats the VNNI row kernel (whose cost grows
-// with every row, where AMX's is nearly that of one dequantization of the weight).
+// with every row, where AMX's is nearly one pass over the weight's codes).
 constexpr int64_t kQuantAmxMinRows = 8;
 
 void quant_linear_amx(const QuantShape& s, const QuantizedActivations& qa, const QuantLinearArgs& packed,

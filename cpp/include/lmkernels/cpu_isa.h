@@ -1,11 +1,11 @@
 // Run-time choice of the CPU kernel path.
 //
 // Each kernel is compiled several times in per-ISA translation units (`*_scalar.cpp`,
-// `*_avx2.cpp`, `*_avx512.cpp`, `*_avx512_vnni.cpp`, see cmake/cpu_isa.cmake). The dispatcher asks `active_isa()`
-// which one to call. The answer is the best path this CPU supports, unless
-// LMKERNELS_CPU_ISA=scalar|avx2|avx512|avx512_vnni|amx in the environment or `set_isa_override()` (exposed
-// to Python as `lmkernels.set_cpu_isa`) asks for a lower one, which is how the tests cover
-// every path on one machine.
+// `*_avx2.cpp`, `*_avx512.cpp`, and `*_avx512_vnni.cpp` / `*_amx.cpp` where an op has them; see
+// cmake/cpu_isa.cmake). The dispatcher asks `active_isa()` which one to call. The answer is the
+// best path this CPU supports, unless LMKERNELS_CPU_ISA=scalar|avx2|avx512|avx512_vnni|amx in
+// the environment or `set_isa_override()` (exposed to Python as `lmkernels.set_cpu_isa`) asks
+// for a lower one, which is how the tests cover every path on one machine.
 //
 // Rule for ISA translation units: include no torch header and instantiate no std container
 // or other inline template there. Inline functions are merged across translation units by
