@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import torch
 
+# quant_linear's batch size from which the "amx" path uses AMX tiles (kQuantAmxMinRows).
+QUANT_AMX_MIN_ROWS = 8
+
 
 def apply_rope(x: torch.Tensor, pos: torch.Tensor, inv_freq: torch.Tensor, neox: bool) -> torch.Tensor:
     """RoPE at integer positions, in float64.

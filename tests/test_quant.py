@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 from conftest import devices
+from reference import QUANT_AMX_MIN_ROWS as AMX_MIN_ROWS
 from reference import dequantize_packed, group_ranges
 
 import lmkernels
@@ -197,9 +198,6 @@ def test_linear_every_isa_gives_the_same_bits(k, group_size, frac_4bit):
     lmkernels.set_cpu_isa(None)
     for isa, out in outs.items():
         assert torch.equal(out, outs["scalar"]), isa
-
-
-AMX_MIN_ROWS = 8  # quant_linear's batch size from which the "amx" path uses AMX tiles
 
 
 @pytest.mark.skipif("amx" not in lmkernels.supported_cpu_isas(), reason="needs AMX-INT8 (Sapphire Rapids or later)")

@@ -27,16 +27,10 @@ struct Avx512Ops : Avx2Common {
   template <int MC>
   static void row_dot(const uint8_t* lo, const int8_t* const* x, UnitScales unit_scales, int64_t units,
                       const float* const* dx, float* const* lane) {
-    __m256 facc[MC];
-    for (int m = 0; m < MC; ++m) facc[m] = _mm256_setzero_ps();
-    for (int64_t b = 0; b * kQuantSuperUnits < units; ++b) {
-      const int64_t u0 = b * kQuantSuperUnits;
-      __m256i ints[MC];
-      block_ints<MC>(lo + u0 / kQuantQuadUnits * kQuantQuadBytes, x, unit_scales, u0,
-                     static_cast<int>(std::min<int64_t>(units - u0, kQuantSuperUnits)), ints);
-      for (int m = 0; m < MC; ++m) facc[m] = accumulate_lanes(facc[m], ints[m], dx[m][b]);
-    }
-    for (int m = 0; m < MC; ++m) _mm256_storeu_ps(lane[m], facc[m]);
+    auto block = [&](int64_t u0, int64_t count, __m256i* ints) {
+      block_ints<MC>(lo + u0 / kQuantQuadUnits * kQuantQuadBytes, x, unit_scales, u0, static_cast<int>(count), ints);
+    };
+    dense_blocks<MC>(units, dx, lane, [&](int64_t u0, __m256i* ints) { block(u0, kQuantSuperUnits, ints); }, block);
   }
 
   // The int lanes of units u0 .. u0 + units - 1 (one super-block).

@@ -266,7 +266,7 @@ class _LastLayerRows:
 
     def __init__(self, model: torch.nn.Module) -> None:
         self.positions: torch.Tensor | None = None  # the row's last positions, set per row
-        self.row_tokens = 0
+        self.row_tokens = 0  # the row's length, read off the first part's input
         last = model.config.num_hidden_layers - 1
         layer = next((m for m in model.modules() if isinstance(getattr(getattr(m, "self_attn", None), "layer_idx", None), int)
                       and m.self_attn.layer_idx == last and isinstance(getattr(m, "mlp", None), torch.nn.Module)), None)
@@ -286,6 +286,7 @@ class _LastLayerRows:
         self.handles.clear()
 
     def _gather(self, module: torch.nn.Module, args: tuple) -> tuple:
+        self.row_tokens = args[0].shape[1]
         return (args[0][:, self.positions], *args[1:])
 
     def _scatter(self, module: torch.nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
@@ -351,8 +352,9 @@ def prefill(
             cu = torch.tensor([0] + torch.tensor(member_lengths).cumsum(0).tolist(), dtype=torch.int32, device=device)
             input_ids = torch.cat([tensors[i] for i in members])[None]
             position_ids = torch.cat([torch.arange(n, device=device) for n in member_lengths])[None]
+            last_positions = (cu[1:] - 1).long()
             if trim_last_layer:
-                trim.positions, trim.row_tokens = (cu[1:] - 1).long(), input_ids.shape[1]
+                trim.positions = last_positions
             out = model(
                 input_ids=input_ids,
                 position_ids=position_ids,
@@ -360,7 +362,7 @@ def prefill(
                 cu_seq_lens_k=cu,
                 max_length_q=max(member_lengths),
                 max_length_k=max(member_lengths),
-                logits_to_keep=(cu[1:] - 1).long(),
+                logits_to_keep=last_positions,
                 use_cache=False,
                 **{KV_SINK_KWARG: sink},
             )

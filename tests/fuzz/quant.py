@@ -164,10 +164,6 @@ def fuzz_dequantize_weight(data):
     assert torch.equal(result, reference.dequantize_packed(*args, k_arg, gs_arg))
 
 
-# quant_linear's batch size from which the "amx" path uses AMX tiles (kQuantAmxMinRows).
-AMX_MIN_ROWS = 8
-
-
 @fuzzer(LINEAR)
 def fuzz_quant_linear(data):
     draw = data.draw
@@ -203,14 +199,14 @@ def fuzz_quant_linear(data):
     tol = 0.02 * (x.double().abs().amax(-1, keepdim=True) * w.double().abs().sum(1)) + 1e-2 * want.abs() + 1e-3
     assert ((out.double() - want).abs() <= tol)[ok].all(), "output far from the dequantized reference"
     # The row kernels agree bit for bit; the AMX path (int8 tiles, its own float order) takes batches of
-    # AMX_MIN_ROWS rows or more, and must then be within the same tolerance.
+    # reference.QUANT_AMX_MIN_ROWS rows or more, and must then be within the same tolerance.
     rows = x.numel() // k if k else 0
     by_isa = {}
     for isa in lmkernels.supported_cpu_isas():
         with cpu_isa(isa):
             by_isa[isa] = torch.ops.lmkernels.quant_linear(x, *args, bias, k_arg, gs_arg)
     for isa, again in by_isa.items():
-        if isa == "amx" and rows >= AMX_MIN_ROWS:
+        if isa == "amx" and rows >= reference.QUANT_AMX_MIN_ROWS:
             assert ((again.double() - want).abs() <= tol)[ok].all(), "amx output far from the dequantized reference"
             if lmkernels.cpu_isa() == "amx":  # the default path: the same call again, the same bits
                 assert torch.equal(bits(again), bits(out)), "amx differs from the default"

@@ -53,8 +53,8 @@ def compare(core: str, case: str, impls: dict[str, Callable[[], Any]], *, baseli
     samples: dict[str, list[float]] = {name: [] for name in impls}
     start = time.perf_counter()
     rounds = 0
+    names = list(impls)
     while rounds < min_rounds or (time.perf_counter() - start < min_time_s * len(impls) and rounds < 200):
-        names = list(impls)
         for name in names[rounds % len(names):] + names[:rounds % len(names)]:
             fn = impls[name]
             t0 = time.perf_counter()
