@@ -8,7 +8,7 @@ import torch
 transformers = pytest.importorskip("transformers", reason="the hf extra (transformers) is not installed")
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
-from lmkernels import hf  # noqa: E402
+from lmkernels import hf, hf_layers  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -127,9 +127,55 @@ def test_prefill_trims_the_last_layer_to_the_last_positions(model):
             assert torch.equal(la.keys, lb.keys) and torch.equal(la.values, lb.values)
 
 
+def test_prefill_chunks_the_mlp(model):
+    """Each layer's MLP sees at most mlp_chunk tokens per call; logits and caches match the
+    unchunked prefill and the MLPs' forwards are restored afterwards."""
+    prompts = prompts_of([5, 13, 1, 9, 20, 3])
+    seen = []
+    gate = model.model.layers[0].mlp.gate_proj
+    hook = gate.register_forward_hook(lambda m, args, out: seen.append(args[0].shape[1]))
+    try:
+        got = hf.prefill(model, prompts, 30, mlp_chunk=8)
+    finally:
+        hook.remove()
+    rows = [sum(len(prompts[i]) for i in range(len(prompts)) if int(got.packing.row[i]) == r) for r in range(got.packing.num_rows)]
+    assert seen == [min(8, n - start) for n in rows for start in range(0, n, 8)]
+    assert all("forward" not in layer.mlp.__dict__ for layer in model.model.layers)
+    whole = hf.prefill(model, prompts, 30, mlp_chunk=None)
+    torch.testing.assert_close(got.logits, whole.logits, atol=1e-5, rtol=1e-5)
+    for a, b in zip(got.caches, whole.caches):
+        for la, lb in zip(a.layers, b.layers):
+            torch.testing.assert_close(la.keys, lb.keys, atol=1e-6, rtol=1e-6)
+            torch.testing.assert_close(la.values, lb.values, atol=1e-6, rtol=1e-6)
+
+
+def test_chunked_mlp_keeps_an_instance_forward_and_runs_tuple_mlps_whole():
+    class Layer(torch.nn.Module):
+        def __init__(self, mlp):
+            super().__init__()
+            self.self_attn, self.mlp = torch.nn.Module(), mlp
+            self.self_attn.layer_idx = 0
+
+    class RouterMLP(torch.nn.Module):  # a mixture of experts' (hidden, router logits)
+        def forward(self, x):
+            calls.append(x.shape[1])
+            return 2 * x, x.sum(-1)
+
+    calls = []
+    own = torch.nn.Linear(4, 4)
+    own.forward = lambda x: x + 1  # e.g. set by an offloading library
+    for mlp, check in ((RouterMLP(), lambda out, x: torch.equal(out[0], 2 * x) and calls[-1] == x.shape[1]),
+                       (own, lambda out, x: torch.equal(out, x + 1))):
+        with hf_layers.ChunkedMLP(Layer(mlp), 4):
+            x = torch.randn(1, 10, 4)
+            assert check(mlp(x), x)
+        assert mlp.__dict__.get("forward") is (own.__dict__["forward"] if mlp is own else None)
+    assert own(torch.zeros(1, 10, 4)).eq(1).all()
+
+
 def test_prefill_runs_an_unrecognised_last_layer_in_full(model, monkeypatch):
     monkeypatch.delattr(model.model.layers[-1], "mlp")
-    assert hf._LastLayerRows(model).parts == []
+    assert hf_layers.LastLayerRows(model).parts == []
 
 
 @pytest.mark.parametrize("release_memory, trims", [("layer", 2 * 3), ("row", 3), ("off", 0)])
@@ -172,6 +218,9 @@ def test_prefill_bad_inputs(model):
         hf.prefill(model, [[1, 2, 3, 4]], 3)
     with pytest.raises(ValueError, match="release_memory must be one of"):
         hf.prefill(model, [[1, 2]], release_memory="sometimes")
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(ValueError, match="mlp_chunk must be a positive int or None"):
+            hf.prefill(model, [[1, 2]], mlp_chunk=bad)
     assert model.config._attn_implementation == "sdpa"
 
 
