@@ -102,11 +102,19 @@ def test_prefill_refuses_a_layer_that_bypasses_its_attention(model, monkeypatch)
         hf.prefill(model, prompts_of([4, 6]))
 
 
-def test_prefill_trims_the_last_layer_to_the_last_positions(model):
-    """The last layer's MLP and o_proj see one row per prompt; the caches stay identical and the
-    logits equal the untrimmed prefill's."""
+def test_prefill_trims_the_last_layer_to_the_last_positions(model, monkeypatch):
+    """The last layer's MLP, o_proj and attention see one query per prompt; the caches stay
+    identical and the logits equal the untrimmed prefill's."""
     prompts = prompts_of([5, 13, 1, 9, 20, 3])
     seen = {}
+    attention_queries = []
+
+    def recording_attention(q, k, v, cu_q, cu_k, **kwargs):
+        attention_queries.append((q.shape[0], k.shape[0]))
+        return varlen_attention(q, k, v, cu_q, cu_k, **kwargs)
+
+    varlen_attention = hf.varlen_attention
+    monkeypatch.setattr(hf, "varlen_attention", recording_attention)
     last = model.model.layers[-1]
     # Registered before prefill's own hooks: a forward hook sees the args as gathered.
     hooks = [part.register_forward_hook(lambda m, args, out, name=name: seen.setdefault(name, []).append(args[0].shape[1]))
@@ -119,6 +127,8 @@ def test_prefill_trims_the_last_layer_to_the_last_positions(model):
     rows = [[len(prompts[i]) for i in range(len(prompts)) if int(got.packing.row[i]) == r] for r in range(got.packing.num_rows)]
     assert seen["mlp"] == seen["o_proj"] == [len(r) for r in rows]
     assert seen["first mlp"] == [sum(r) for r in rows]  # other layers run every token
+    layers = model.config.num_hidden_layers
+    assert attention_queries == [q for r in rows for q in [(sum(r), sum(r))] * (layers - 1) + [(len(r), sum(r))]]
     assert not last.mlp._forward_pre_hooks and not last.mlp._forward_hooks  # removed again
     full = hf.prefill(model, prompts, 30, trim_last_layer=False)
     torch.testing.assert_close(got.logits, full.logits, atol=1e-5, rtol=1e-5)

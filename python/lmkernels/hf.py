@@ -91,7 +91,15 @@ def varlen_attention_forward(
     k = key.transpose(1, 2).reshape(batch * k_len, key.shape[1], dim)
     v = value.transpose(1, 2).reshape(batch * k_len, value.shape[1], dim)
     causal = getattr(module, "is_causal", True)
-    out = varlen_attention(q, k, v, cu_q, cu_k, causal=causal, scale=scaling)
+    rows = _needed_query_rows(kwargs, module)
+    if rows is not None and batch == 1 and causal and torch.equal(cu_q, cu_k):
+        # Only these queries' outputs are read: each is its prompt's last, which sees the
+        # whole prompt (bottom-right causal alignment with one query per prompt).
+        one_each = torch.arange(rows.numel() + 1, dtype=cu_q.dtype, device=cu_q.device)
+        out = q.new_zeros(q.shape)
+        out[rows] = varlen_attention(q[rows], k, v, one_each, cu_k, causal=True, scale=scaling)
+    else:
+        out = varlen_attention(q, k, v, cu_q, cu_k, causal=causal, scale=scaling)
     return out.view(batch, q_len, heads, dim), None
 
 
@@ -201,6 +209,9 @@ class _PackedKVSink:
         self.buffer: torch.Tensor | None = None  # [layers, 2, kv_heads, total_tokens, dim]
         self.start = 0  # token offset of the row being run
         self.stored = [0] * num_layers  # tokens each layer has written
+        # (layer, the row's last positions) while prefill reads only those of that layer's
+        # attention output
+        self.trimmed_layer: tuple[int, torch.Tensor] | None = None
 
     def store(self, module: torch.nn.Module, key: torch.Tensor, value: torch.Tensor) -> None:
         layer = getattr(module, "layer_idx", None)
@@ -229,6 +240,16 @@ class _PackedKVSink:
         (after `check_complete`)."""
         assert self.buffer is not None
         return [(kv[0, :, start:start + length][None], kv[1, :, start:start + length][None]) for kv in self.buffer]
+
+
+def _needed_query_rows(kwargs: dict, module: torch.nn.Module) -> torch.Tensor | None:
+    """The packed row's query positions whose attention output is read, when prefill trims
+    this (the last) layer to each prompt's last position; None: all of them."""
+    sink = kwargs.get(KV_SINK_KWARG)
+    trimmed = getattr(sink, "trimmed_layer", None)
+    if trimmed is None or getattr(module, "layer_idx", None) != trimmed[0]:
+        return None
+    return trimmed[1]
 
 
 def _offer_to_sink(kwargs: dict, module: torch.nn.Module, key: torch.Tensor, value: torch.Tensor) -> None:
@@ -326,6 +347,8 @@ def prefill(
             last_positions = (cu[1:] - 1).long()
             if trim_last_layer:
                 trim.positions = last_positions
+                if trim.trims_attention_output:
+                    sink.trimmed_layer = (model.config.num_hidden_layers - 1, last_positions)
             out = model(
                 input_ids=input_ids,
                 position_ids=position_ids,

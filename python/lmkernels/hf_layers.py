@@ -29,7 +29,9 @@ class LastLayerRows:
     layer's output at other positions: only the last positions reach the LM head. Hooks gather
     those rows before each part and scatter its output back into a zero tensor of the full
     shape, so the residual adds around the parts see the shapes they expect. With the bench
-    model's 4 layers this skips about a fifth of the prefill's matmul work.
+    model's 4 layers this skips about a fifth of the prefill's matmul work. The attention
+    function computes that layer's attention for those queries only
+    (``trims_attention_output``).
     """
 
     def __init__(self, model: torch.nn.Module) -> None:
@@ -38,6 +40,8 @@ class LastLayerRows:
         layer = decoder_layers(model).get(model.config.num_hidden_layers - 1)
         parts = [] if layer is None else [layer.mlp, getattr(layer.self_attn, "o_proj", None)]
         self.parts = [p for p in parts if isinstance(p, torch.nn.Module)]
+        # With o_proj gathered, only the last positions' attention outputs are ever read.
+        self.trims_attention_output = len(self.parts) == 2
         self.handles: list = []
 
     def __enter__(self) -> LastLayerRows:
