@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import torch
 
-# quant_linear's batch size from which the "amx" path uses AMX tiles (kQuantAmxMinRows).
-QUANT_AMX_MIN_ROWS = 8
+# quant_linear's batch size from which the "avx512_vnni" and "amx" paths run int8 GEMMs on
+# unpacked strips of the weight instead of the row kernels (kQuantStripMinRows).
+QUANT_STRIP_MIN_ROWS = 8
+QUANT_STRIP_ISAS = ("avx512_vnni", "amx")
 
 
 def apply_rope(x: torch.Tensor, pos: torch.Tensor, inv_freq: torch.Tensor, neox: bool) -> torch.Tensor:

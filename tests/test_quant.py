@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 from conftest import devices
-from reference import QUANT_AMX_MIN_ROWS as AMX_MIN_ROWS
+from reference import QUANT_STRIP_ISAS, QUANT_STRIP_MIN_ROWS
 from reference import dequantize_packed, group_ranges
 
 import lmkernels
@@ -200,10 +200,15 @@ def test_linear_every_isa_gives_the_same_bits(k, group_size, frac_4bit):
         assert torch.equal(out, outs["scalar"]), isa
 
 
-@pytest.mark.skipif("amx" not in lmkernels.supported_cpu_isas(), reason="needs AMX-INT8 (Sapphire Rapids or later)")
+STRIP_PATHS = [pytest.param(isa, marks=pytest.mark.skipif(isa not in lmkernels.supported_cpu_isas(),
+                                                           reason=f"needs the {isa} cpu path"))
+               for isa in QUANT_STRIP_ISAS]
+
+
+@pytest.mark.parametrize("strip_isa", STRIP_PATHS)
 @pytest.mark.parametrize("group_size", [32, 64, 256])
 @pytest.mark.parametrize("n, k, m", [(16, 256, 8), (37, 300, 17), (5, 40, 50), (130, 1000, 33)])
-def test_linear_amx_tiles_match_the_row_kernels(n, k, m, group_size):
+def test_linear_strips_match_the_row_kernels(strip_isa, n, k, m, group_size):
     # Partial strips (n % 16), partial tiles (m % 16), several activation tiles, k not a multiple
     # of 32 or of a super-block, every units-per-group case, bias.
     w = student_t(n, k)
@@ -211,31 +216,46 @@ def test_linear_amx_tiles_match_the_row_kernels(n, k, m, group_size):
     x, bias = torch.randn(m, k), torch.randn(n)
     ref = torch.nn.functional.linear(x.double(), quant.dequantize(q).double(), bias.double())
     try:
-        lmkernels.set_cpu_isa("amx")
+        lmkernels.set_cpu_isa(strip_isa)
         got = quant.linear(x, q, bias)
         with_bf16_x = quant.linear(x.bfloat16(), q, bias.bfloat16())
-        lmkernels.set_cpu_isa("avx512_vnni")
+        lmkernels.set_cpu_isa("avx512")  # the row kernels (every ISA's give the same bits)
         rows = quant.linear(x, q, bias)
     finally:
         lmkernels.set_cpu_isa(None)
     # The same int8 activations and exact integer block sums as the row kernels; only the
     # float combination's order differs.
     assert nmse(got.double(), rows.double()) <= 1e-10
+    assert not torch.equal(got, rows)  # the strips ran, not the row kernels: their float order differs
     assert nmse(got.double(), ref) <= 5e-4
     assert with_bf16_x.dtype == torch.bfloat16 and nmse(with_bf16_x.double(), ref) <= 5e-4
 
 
 @pytest.mark.skipif("amx" not in lmkernels.supported_cpu_isas(), reason="needs AMX-INT8 (Sapphire Rapids or later)")
-def test_linear_amx_refuses_bad_hi_groups():
+def test_linear_amx_and_vnni_strips_give_the_same_bits():
+    q = quant.quantize(student_t(70, 1000), frac_4bit=0.3)
+    x = torch.randn(40, 1000)
+    try:
+        lmkernels.set_cpu_isa("amx")
+        amx = quant.linear(x, q)
+        lmkernels.set_cpu_isa("avx512_vnni")
+        vnni = quant.linear(x, q)
+    finally:
+        lmkernels.set_cpu_isa(None)
+    assert torch.equal(amx, vnni)
+
+
+@pytest.mark.parametrize("strip_isa", STRIP_PATHS)
+def test_linear_strips_refuse_bad_hi_groups(strip_isa):
     q = quant.quantize(student_t(20, 256), frac_4bit=0.5)
     bad = q.hi_groups.clone()
     bad[3] = bad[3].flip(0)  # descending
     broken = quant.QuantizedWeight(q.codes_lo, q.codes_hi, bad, q.scales, q.super_scales,
                                    in_features=q.in_features, group_size=q.group_size)
     try:
-        lmkernels.set_cpu_isa("amx")
+        lmkernels.set_cpu_isa(strip_isa)
         with pytest.raises(RuntimeError, match="hi_groups"):
-            quant.linear(torch.randn(AMX_MIN_ROWS, 256), broken)
+            quant.linear(torch.randn(QUANT_STRIP_MIN_ROWS, 256), broken)
     finally:
         lmkernels.set_cpu_isa(None)
 

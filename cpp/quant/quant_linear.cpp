@@ -35,20 +35,21 @@ void quantize_activation_rows(const QuantShape& s, const at::Tensor& x2, Quantiz
 }
 
 using RowsKernel = bool (*)(const QuantLinearArgs&, int64_t, int64_t, void*);
+using StripsKernel = bool (*)(const QuantStripArgs&, int64_t, int64_t, void*);
 
 #ifndef LMKERNELS_NO_X86_SIMD
-// From this many activation rows the AMX path beats the VNNI row kernel (whose cost grows
-// with every row, where AMX's is nearly one pass over the weight's codes).
-constexpr int64_t kQuantAmxMinRows = 8;
+// From this many activation rows the strip path beats the VNNI row kernel, whose cost grows
+// with every row (the strip path unpacks the weight once and runs an int8 GEMM on it).
+constexpr int64_t kQuantStripMinRows = 8;
 
-void quant_linear_amx(const QuantShape& s, const QuantizedActivations& qa, const QuantLinearArgs& packed,
+void quant_linear_strips(const QuantShape& s, const QuantizedActivations& qa, const QuantLinearArgs& packed,
                       at::Tensor& out) {
   const int64_t rows = out.size(0), S = s.super_blocks;
-  const int64_t m_tiles = (rows + kQuantAmxTileCols - 1) / kQuantAmxTileCols, x_stride = m_tiles * kQuantAmxTileCols;
+  const int64_t m_tiles = (rows + kQuantStripCols - 1) / kQuantStripCols, x_stride = m_tiles * kQuantStripCols;
   const auto opts = out.options();
-  at::Tensor tiles = at::zeros({m_tiles * S * kQuantSuperBlock * kQuantAmxTileCols}, opts.dtype(at::kChar));
+  at::Tensor tiles = at::zeros({m_tiles * S * kQuantSuperBlock * kQuantStripCols}, opts.dtype(at::kChar));
   at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
-    quant_amx_activation_tiles(qa.codes.data_ptr<int8_t>(), begin, end, S, tiles.data_ptr<int8_t>());
+    quant_strip_activation_tiles(qa.codes.data_ptr<int8_t>(), begin, end, S, tiles.data_ptr<int8_t>());
   });
   // The activations' block scales and, for the min term, each group's block scale times its
   // code sum, transposed to [block or group][activation row] and zero padded (plain loops: a
@@ -68,14 +69,15 @@ void quant_linear_amx(const QuantShape& s, const QuantizedActivations& qa, const
       gs[g * x_stride + m] = m < rows ? scales[m * S8 + b] * static_cast<float>(sums[m * s.groups + g]) : 0.0f;
     }
   }
-  const QuantLinearAmxArgs args{packed, tiles.data_ptr<int8_t>(), xscale_t.data_ptr<float>(), group_sums.data_ptr<float>(),
+  const QuantStripArgs args{packed, tiles.data_ptr<int8_t>(), xscale_t.data_ptr<float>(), group_sums.data_ptr<float>(),
                                 x_stride};
-  const int64_t strips = (s.out_features + kQuantAmxStripRows - 1) / kQuantAmxStripRows;
+  const StripsKernel kernel = active_isa() == CpuIsa::kAmx ? quant_linear_strips_amx : quant_linear_strips_avx512_vnni;
+  const int64_t strips = (s.out_features + kQuantStripRows - 1) / kQuantStripRows;
   std::atomic<bool> ok{true};
   at::parallel_for(0, strips, 1, [&](int64_t begin, int64_t end) {
-    std::vector<int64_t> scratch((quant_linear_amx_scratch_bytes(s) + 7) / 8);
-    const int64_t last = std::min(end * kQuantAmxStripRows, s.out_features);
-    if (!quant_linear_rows_amx(args, begin * kQuantAmxStripRows, last, scratch.data())) ok = false;
+    std::vector<int64_t> scratch((quant_strip_scratch_bytes(s) + 7) / 8);
+    const int64_t last = std::min(end * kQuantStripRows, s.out_features);
+    if (!kernel(args, begin * kQuantStripRows, last, scratch.data())) ok = false;
   });
   TORCH_CHECK(ok.load(), "quant_linear: hi_groups rows must hold strictly ascending group indices in [0, ", s.groups, ")");
 }
@@ -118,8 +120,8 @@ at::Tensor quant_linear_cpu(const at::Tensor& x, const at::Tensor& codes_lo, con
   args.xscale = qa.scales.data_ptr<float>();
   args.xsum = qa.sums.data_ptr<int16_t>();
 #ifndef LMKERNELS_NO_X86_SIMD
-  if (active_isa() == CpuIsa::kAmx && rows >= kQuantAmxMinRows) {
-    quant_linear_amx(s, qa, args, out);
+  if (active_isa() >= CpuIsa::kAvx512Vnni && rows >= kQuantStripMinRows) {
+    quant_linear_strips(s, qa, args, out);
     if (x.scalar_type() != at::kFloat) out = out.to(x.scalar_type());
     return out.reshape(out_shape);
   }

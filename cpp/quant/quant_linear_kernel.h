@@ -40,12 +40,14 @@ struct QuantLinearArgs {
 LMK_INLINE int64_t quant_combine_stride(int64_t super_blocks) { return (super_blocks + 7) / 8 * 8; }
 
 
-// The AMX path, for batches (quant_linear_amx.cpp): the same int8 activations, u8 codes times
-// their unit's scale, AMX int8 tile products per super-block, fp32 combination.
-constexpr int kQuantAmxStripRows = 16;
-constexpr int kQuantAmxTileCols = 16;  // activation rows per tile
+// The strip path, for batches (quant_strips.h): the same int8 activations; per strip of 16
+// output rows, u8 codes times their unit's scale, exact int32 products per super-block with
+// AMX tiles (quant_linear_amx.cpp) or AVX-512 VNNI (quant_strips_avx512_vnni.cpp), and one
+// fp32 combination shared by both, so the two give the same bits.
+constexpr int kQuantStripRows = 16;
+constexpr int kQuantStripCols = 16;  // activation rows per tile
 
-struct QuantLinearAmxArgs {
+struct QuantStripArgs {
   QuantLinearArgs base;          // shape, weight, bias, rows, out (its xq, xscale, xsum unused)
   // The int8 activations as AMX B tiles: [ceil(M / 16)][super_blocks * 64 (4 k each)][16 rows][4].
   const int8_t* x_tiles;
@@ -57,16 +59,17 @@ struct QuantLinearAmxArgs {
 
 // A strip of 16 rows of codes, two int32 tiles, a float accumulator tile and the strip's d_b
 // and min-term weights, plus alignment.
-LMK_INLINE int64_t quant_linear_amx_scratch_bytes(const QuantShape& s) {
-  return kQuantAmxStripRows * (s.super_blocks * kQuantSuperBlock + s.super_blocks * 4 + s.groups * 4) + 3 * 1024 + 64;
+LMK_INLINE int64_t quant_strip_scratch_bytes(const QuantShape& s) {
+  return kQuantStripRows * (s.super_blocks * kQuantSuperBlock + s.super_blocks * 4 + s.groups * 4) + 3 * 1024 + 64;
 }
 
 // Rows [row_begin, row_end) of the quantized activations (rows of super_blocks * 256 codes)
-// into `tiles` (x_tiles' layout, zeroed by the caller).
-void quant_amx_activation_tiles(const int8_t* xq, int64_t row_begin, int64_t row_end, int64_t super_blocks,
-                                int8_t* tiles);
-// Computes out[:, begin:end] (begin a multiple of 16); false as for the row kernels.
-bool quant_linear_rows_amx(const QuantLinearAmxArgs& args, int64_t begin, int64_t end, void* scratch);
+// into `tiles` (x_tiles' layout, zeroed by the caller). AVX-512 (any strip path has it).
+void quant_strip_activation_tiles(const int8_t* xq, int64_t row_begin, int64_t row_end, int64_t super_blocks,
+                                  int8_t* tiles);
+// Compute out[:, begin:end] (begin a multiple of 16); false as for the row kernels.
+bool quant_linear_strips_amx(const QuantStripArgs& args, int64_t begin, int64_t end, void* scratch);
+bool quant_linear_strips_avx512_vnni(const QuantStripArgs& args, int64_t begin, int64_t end, void* scratch);
 
 // Activations x [M, in_features] quantized as QuantLinearArgs takes them (xq, xscale, xsum).
 struct ActivationQuantArgs {

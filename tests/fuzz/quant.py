@@ -198,20 +198,23 @@ def fuzz_quant_linear(data):
     # int8 activations: error bounded by the per-block activation step times the weight row mass.
     tol = 0.02 * (x.double().abs().amax(-1, keepdim=True) * w.double().abs().sum(1)) + 1e-2 * want.abs() + 1e-3
     assert ((out.double() - want).abs() <= tol)[ok].all(), "output far from the dequantized reference"
-    # The row kernels agree bit for bit; the AMX path (int8 tiles, its own float order) takes batches of
-    # reference.QUANT_AMX_MIN_ROWS rows or more, and must then be within the same tolerance.
+    # The row kernels agree bit for bit; the strip paths ("avx512_vnni" and "amx": int8 GEMMs on
+    # unpacked strips, their own float order, the same bits as each other) take batches of
+    # reference.QUANT_STRIP_MIN_ROWS rows or more, and must then be within the same tolerance.
     rows = x.numel() // k if k else 0
+    strips = rows >= reference.QUANT_STRIP_MIN_ROWS
     by_isa = {}
     for isa in lmkernels.supported_cpu_isas():
         with cpu_isa(isa):
             by_isa[isa] = torch.ops.lmkernels.quant_linear(x, *args, bias, k_arg, gs_arg)
     for isa, again in by_isa.items():
-        if isa == "amx" and rows >= reference.QUANT_AMX_MIN_ROWS:
-            assert ((again.double() - want).abs() <= tol)[ok].all(), "amx output far from the dequantized reference"
-            if lmkernels.cpu_isa() == "amx":  # the default path: the same call again, the same bits
-                assert torch.equal(bits(again), bits(out)), "amx differs from the default"
+        if strips and isa in reference.QUANT_STRIP_ISAS:
+            assert ((again.double() - want).abs() <= tol)[ok].all(), f"{isa} strips far from the dequantized reference"
+            assert torch.equal(bits(again), bits(by_isa["avx512_vnni"])), f"{isa} strips differ from avx512_vnni's"
         else:
             assert torch.equal(bits(again), bits(by_isa["scalar"])), f"cpu path {isa} differs"
+    default = lmkernels.cpu_isa()
+    assert torch.equal(bits(by_isa[default]), bits(out)), "the default path differs from its own call again"
     with num_threads(1):
         single = torch.ops.lmkernels.quant_linear(x.contiguous(), *args, bias, k_arg, gs_arg)
     assert torch.equal(bits(single), bits(out)), "1 thread or contiguous copy differs"
