@@ -103,8 +103,9 @@ def test_prefill_refuses_a_layer_that_bypasses_its_attention(model, monkeypatch)
 
 
 def test_prefill_trims_the_last_layer_to_the_last_positions(model, monkeypatch):
-    """The last layer's MLP, o_proj and attention see one query per prompt; the caches stay
-    identical and the logits equal the untrimmed prefill's."""
+    """The last layer's MLP, o_proj, q_proj and attention see one query per prompt (its
+    k_proj and v_proj every token); the caches stay identical and the logits equal the
+    untrimmed prefill's."""
     prompts = prompts_of([5, 13, 1, 9, 20, 3])
     seen = {}
     attention_queries = []
@@ -118,18 +119,20 @@ def test_prefill_trims_the_last_layer_to_the_last_positions(model, monkeypatch):
     last = model.model.layers[-1]
     # Registered before prefill's own hooks: a forward hook sees the args as gathered.
     hooks = [part.register_forward_hook(lambda m, args, out, name=name: seen.setdefault(name, []).append(args[0].shape[1]))
-             for name, part in (("mlp", last.mlp), ("o_proj", last.self_attn.o_proj), ("first mlp", model.model.layers[0].mlp))]
+             for name, part in (("mlp", last.mlp), ("o_proj", last.self_attn.o_proj), ("q_proj", last.self_attn.q_proj),
+                                ("k_proj", last.self_attn.k_proj), ("first mlp", model.model.layers[0].mlp))]
     try:
         got = hf.prefill(model, prompts, 30)
     finally:
         for hook in hooks:
             hook.remove()
     rows = [[len(prompts[i]) for i in range(len(prompts)) if int(got.packing.row[i]) == r] for r in range(got.packing.num_rows)]
-    assert seen["mlp"] == seen["o_proj"] == [len(r) for r in rows]
-    assert seen["first mlp"] == [sum(r) for r in rows]  # other layers run every token
+    assert seen["mlp"] == seen["o_proj"] == seen["q_proj"] == [len(r) for r in rows]
+    assert seen["first mlp"] == seen["k_proj"] == [sum(r) for r in rows]  # the cache needs every key
     layers = model.config.num_hidden_layers
     assert attention_queries == [q for r in rows for q in [(sum(r), sum(r))] * (layers - 1) + [(len(r), sum(r))]]
     assert not last.mlp._forward_pre_hooks and not last.mlp._forward_hooks  # removed again
+    assert not last.self_attn.q_proj._forward_pre_hooks and not last.self_attn.q_proj._forward_hooks
     full = hf.prefill(model, prompts, 30, trim_last_layer=False)
     torch.testing.assert_close(got.logits, full.logits, atol=1e-5, rtol=1e-5)
     for a, b in zip(got.caches, full.caches):

@@ -306,10 +306,10 @@ def prefill(
     keeps the peak near ``"layer"``'s (fresh processes, with ``mlp_chunk``: about 145 against
     140 MB above the loaded model; ``"off"``: up to 180 MB).
 
-    ``trim_last_layer`` runs the last layer's MLP and attention output projection on each
-    prompt's last position only (nothing else reads them; the cache needs only that layer's
-    keys and values), which on the prefill bench's 4-layer model skips about a fifth of the
-    matmul work. Models whose last layer has no ``mlp`` beside its ``self_attn`` run in full.
+    ``trim_last_layer`` runs the last layer's MLP and attention query and output projections
+    on each prompt's last position only (nothing else reads them; the cache needs only that
+    layer's keys and values), which on the prefill bench's 4-layer model skips about a fifth
+    of the matmul work. Models whose last layer has no ``mlp`` beside its ``self_attn`` run in full.
 
     ``mlp_chunk`` runs each layer's MLP over at most that many tokens at a time (``None``: the
     whole row), so that its intermediate activations (3 x tokens x intermediate_size) stay a

@@ -22,8 +22,8 @@ def decoder_layers(model: torch.nn.Module) -> dict[int, torch.nn.Module]:
 
 
 class LastLayerRows:
-    """Runs the last decoder layer's token-wise parts (its MLP and attention output projection)
-    on each prompt's last position only.
+    """Runs the last decoder layer's token-wise parts (its MLP and attention output and query
+    projections) on each prompt's last position only.
 
     The cache needs every token's keys and values from every layer, but nothing reads the last
     layer's output at other positions: only the last positions reach the LM head. Hooks gather
@@ -40,8 +40,12 @@ class LastLayerRows:
         layer = decoder_layers(model).get(model.config.num_hidden_layers - 1)
         parts = [] if layer is None else [layer.mlp, getattr(layer.self_attn, "o_proj", None)]
         self.parts = [p for p in parts if isinstance(p, torch.nn.Module)]
-        # With o_proj gathered, only the last positions' attention outputs are ever read.
+        # With o_proj gathered, only the last positions' attention outputs are ever read, so
+        # only their queries are: q_proj runs on those rows too (the others stay zero).
         self.trims_attention_output = len(self.parts) == 2
+        q_proj = getattr(layer.self_attn, "q_proj", None) if self.trims_attention_output else None
+        if isinstance(q_proj, torch.nn.Module):
+            self.parts.append(q_proj)
         self.handles: list = []
 
     def __enter__(self) -> LastLayerRows:
