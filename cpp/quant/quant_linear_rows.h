@@ -163,20 +163,28 @@ void row_chunk(const QuantLinearArgs& a, int64_t n, int64_t m0, const RowScratch
   }
 }
 
-// Touches row n's weight streams ahead of use: a row is several short runs in separate
-// arrays (codes, scales, high plane, ...), too many streams for the hardware prefetcher
-// to follow at batch 1, where each row is read once and used for a few hundred cycles.
-LMK_INLINE void prefetch_row(const QuantLinearArgs& a, int64_t n) {
+// Prefetches rows [n0, n1) of every weight stream, one cache line at a time, with the
+// callable `prefetch(const char*)`: a row is several short runs in separate arrays (codes,
+// scales, high plane, ...), too many streams for the hardware prefetchers to follow.
+template <class Prefetch>
+LMK_INLINE void prefetch_weight_rows(const QuantLinearArgs& a, int64_t n0, int64_t n1, Prefetch prefetch) {
   const QuantShape& s = a.shape;
-  auto touch = [](const void* base, int64_t bytes) {
+  auto touch = [&](const void* base, int64_t bytes) {
     const char* p = static_cast<const char*>(base);
-    for (int64_t i = 0; i < bytes; i += 64) __builtin_prefetch(p + i);
+    for (int64_t i = 0; i < bytes; i += 64) prefetch(p + i);
   };
-  touch(a.codes_lo + n * s.lo_stride, s.lo_stride);
-  touch(a.scales + n * s.groups, s.groups);
-  touch(a.super_scales + n * s.super_blocks * 2, s.super_blocks * 4);
-  touch(a.hi_groups + n * s.num_hi, s.num_hi * 2);
-  touch(a.codes_hi + n * s.hi_units * kQuantUnitBytes, s.hi_units * kQuantUnitBytes);
+  const int64_t rows = n1 - n0;
+  touch(a.codes_lo + n0 * s.lo_stride, rows * s.lo_stride);
+  touch(a.scales + n0 * s.groups, rows * s.groups);
+  touch(a.super_scales + n0 * s.super_blocks * 2, rows * s.super_blocks * 4);
+  touch(a.hi_groups + n0 * s.num_hi, rows * s.num_hi * 2);
+  touch(a.codes_hi + n0 * s.hi_units * kQuantUnitBytes, rows * s.hi_units * kQuantUnitBytes);
+}
+
+// Row n's streams into L1 ahead of use: at batch 1 each row is read once and used for a few
+// hundred cycles.
+LMK_INLINE void prefetch_row(const QuantLinearArgs& a, int64_t n) {
+  prefetch_weight_rows(a, n, n + 1, [](const char* p) { __builtin_prefetch(p); });
 }
 
 template <class Ops>

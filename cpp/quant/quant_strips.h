@@ -110,20 +110,9 @@ inline void subtract_min_term(const float* min_weights, int64_t groups, const fl
 }
 
 // Fetches rows [n0, n1) of every weight stream into L2 while the current strip's products run
-// (which touch no memory outside L1/L2): unpacking a strip otherwise waits on DRAM, as its
-// five short streams per row are too many for the hardware prefetchers to follow.
+// (which touch no memory outside L1/L2): unpacking a strip otherwise waits on DRAM.
 inline void prefetch_strip(const QuantStripArgs& a, int64_t n0, int64_t n1) {
-  const QuantShape& s = a.base.shape;
-  auto touch = [](const void* base, int64_t bytes) {
-    const char* p = static_cast<const char*>(base);
-    for (int64_t i = 0; i < bytes; i += 64) _mm_prefetch(p + i, _MM_HINT_T1);
-  };
-  const int64_t rows = n1 - n0;
-  touch(a.base.codes_lo + n0 * s.lo_stride, rows * s.lo_stride);
-  touch(a.base.scales + n0 * s.groups, rows * s.groups);
-  touch(a.base.super_scales + n0 * s.super_blocks * 2, rows * s.super_blocks * 4);
-  touch(a.base.hi_groups + n0 * s.num_hi, rows * s.num_hi * 2);
-  touch(a.base.codes_hi + n0 * s.hi_units * kQuantUnitBytes, rows * s.hi_units * kQuantUnitBytes);
+  prefetch_weight_rows(a.base, n0, n1, [](const char* p) { _mm_prefetch(p, _MM_HINT_T1); });
 }
 
 template <class Product>
