@@ -11,6 +11,8 @@
 TORCH_LIBRARY(lmkernels, m) {
   // Rotate cached keys in place from old_pos to new_pos; k: [batch, tokens, heads, head_dim].
   m.def("rope_rerotate_(Tensor(a!) k, Tensor old_pos, Tensor new_pos, Tensor inv_freq, bool neox) -> ()");
+  // Apply RoPE in place from per-token tables; x: [batch, tokens, heads, head_dim], cos/sin: [batch or 1, tokens, rotary_dim / 2].
+  m.def("rope_apply_(Tensor(a!) x, Tensor cos, Tensor sin) -> ()");
   // Attention of q [B, Hq, N, D] over the key blocks a CSR index (crow, col) lists per query block.
   m.def("block_sparse_attention(Tensor q, Tensor k, Tensor v, Tensor crow, Tensor col, int block_size, bool causal, float scale, bool return_lse) -> (Tensor, Tensor)");
   // Attention over packed variable-length sequences; q [total_q, Hq, D], k/v [total_k, Hkv, D].

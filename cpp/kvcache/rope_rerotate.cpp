@@ -59,6 +59,17 @@ RopeRerotateArgs rope_rotation_args(const at::Tensor& k, const at::Tensor& old_p
   return args;
 }
 
+void set_rope_rows(RopeRerotateArgs& args, const at::Tensor& x) {
+  args.k = x.data_ptr();
+  args.batch = x.size(0);
+  args.tokens = x.size(1);
+  args.heads = x.size(2);
+  args.head_dim = x.size(3);
+  args.stride_batch = x.stride(0);
+  args.stride_token = x.stride(1);
+  args.stride_head = x.stride(2);
+}
+
 RopeRowsKernel rope_rows_kernel() { return pick_for_isa<RopeRowsKernel>(LMK_ISA_KERNELS(rope_rerotate_rows_)); }
 
 namespace {
@@ -69,14 +80,7 @@ void rope_rerotate_cpu(at::Tensor k, const at::Tensor& old_pos, const at::Tensor
   if (k.numel() == 0) return;
 
   RopeRerotateArgs args = rope_rotation_args(k, old_pos, new_pos, inv_freq, neox);
-  args.k = k.data_ptr();
-  args.batch = k.size(0);
-  args.tokens = k.size(1);
-  args.heads = k.size(2);
-  args.head_dim = k.size(3);
-  args.stride_batch = k.stride(0);
-  args.stride_token = k.stride(1);
-  args.stride_head = k.stride(2);
+  set_rope_rows(args, k);
 
   const RopeRowsKernel kernel = rope_rows_kernel();
   const int64_t rows = args.batch * args.tokens;

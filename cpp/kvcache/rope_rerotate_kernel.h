@@ -21,10 +21,17 @@ struct RopeRerotateArgs {
   // Optional: row r rotates the token at k + slot[r] * stride_token (batch 1) instead of its
   // own; rows with slot -1 are skipped. Used by scatter_kv_ to rotate keys where it wrote them.
   const int64_t* slot;
+  // Optional (rope_apply_): row (b, t) turns by the angles whose cos and sin are given at
+  // cos_table / sin_table + b * table_stride_batch + t * table_stride_token (rotary_dim / 2
+  // floats each, neox pairing) instead of by new_pos - old_pos; positions are then unused.
+  const float* cos_table;
+  const float* sin_table;
+  int64_t table_stride_batch, table_stride_token;  // in floats
 };
 
 // Each rotates flattened (batch * tokens) rows [begin, end). `table` holds
-// rope::delta_table_floats(rotary_dim) floats of scratch owned by the caller's thread.
+// rope::delta_table_floats(rotary_dim) floats of scratch owned by the caller's thread (unused
+// with cos_table).
 void rope_rerotate_rows_scalar(const RopeRerotateArgs& args, int64_t begin, int64_t end,
                                float* table);
 void rope_rerotate_rows_avx2(const RopeRerotateArgs& args, int64_t begin, int64_t end,

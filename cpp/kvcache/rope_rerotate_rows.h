@@ -45,6 +45,21 @@ void rotate_head_gptj_scalar(void* head, const float* cos_t, const float* sin_t,
   }
 }
 
+// rope_apply_: each row turns by its own given angles (neox pairing), so no table is built.
+template <class Ops, StorageDtype D>
+void apply_table_rows(const RopeRerotateArgs& a, int64_t begin, int64_t end) {
+  using T = typename Storage<D>::T;
+  for (int64_t row = begin; row < end; ++row) {
+    const int64_t b = row / a.tokens, t = row % a.tokens;
+    const int64_t table_offset = b * a.table_stride_batch + t * a.table_stride_token;
+    T* token = static_cast<T*>(a.k) + b * a.stride_batch + t * a.stride_token;
+    for (int64_t h = 0; h < a.heads; ++h) {
+      Ops::template neox<D>(token + h * a.stride_head, a.cos_table + table_offset, a.sin_table + table_offset,
+                            a.rotary_dim / 2);
+    }
+  }
+}
+
 template <class Ops, StorageDtype D>
 void rerotate_rows_typed(const RopeRerotateArgs& a, int64_t begin, int64_t end, float* table) {
   using T = typename Storage<D>::T;
@@ -52,6 +67,7 @@ void rerotate_rows_typed(const RopeRerotateArgs& a, int64_t begin, int64_t end, 
   float* sin_t = table + a.rotary_dim;
   bool have_table = false;
   int64_t table_delta = 0;
+  if (a.cos_table != nullptr) return apply_table_rows<Ops, D>(a, begin, end);
   for (int64_t row = begin; row < end; ++row) {
     const int64_t delta = a.new_pos[row] - a.old_pos[row];
     // A zero shift is exactly the identity (rotating by 0 would turn inf into NaN).

@@ -16,7 +16,7 @@ _C = _native.load()
 from . import _fake  # noqa: E402,F401  (registers fake impls for torch.compile)
 from .attention import spliced_attention, varlen_attention  # noqa: E402
 from .cpu import cpu_isa, set_cpu_isa, supported_cpu_isas  # noqa: E402
-from .rope import RopeConfig, rope_inv_freq, rope_rerotate_  # noqa: E402
+from .rope import RopeConfig, rope_apply_, rope_inv_freq, rope_rerotate_  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -26,6 +26,7 @@ __all__ = [
     "RopeConfig",
     "built_with_cuda",
     "cpu_isa",
+    "rope_apply_",
     "rope_inv_freq",
     "rope_rerotate_",
     "set_cpu_isa",

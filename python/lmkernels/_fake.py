@@ -12,6 +12,11 @@ def _rope_rerotate_fake(k, old_pos, new_pos, inv_freq, neox):
     return None
 
 
+@torch.library.register_fake("lmkernels::rope_apply_")
+def _rope_apply_fake(x, cos, sin):
+    return None
+
+
 @torch.library.register_fake("lmkernels::varlen_attention")
 def _varlen_attention_fake(q, k, v, cu_seqlens_q, cu_seqlens_k, causal, scale, return_lse):
     out = q.new_empty(q.shape)

@@ -1,4 +1,5 @@
-"""Rotary position embeddings: the model's frequencies and in-place re-rotation of cached keys.
+"""Rotary position embeddings: the model's frequencies, RoPE applied in place from transformers'
+per-token tables, and in-place re-rotation of cached keys.
 
 A key cached at position ``p`` can be moved to position ``q`` by one rotation of each pair by
 ``(q - p) * inv_freq[i]``: that is what lets a chunk's KV be computed once and reused at any
@@ -187,27 +188,82 @@ def rope_rerotate_(
         raise TypeError(f"rope_rerotate_: rope must be a RopeConfig, got {type(rope).__name__}")
     if k.dtype not in (torch.float32, torch.bfloat16, torch.float16):
         raise TypeError(f"rope_rerotate_: k must be float32, bfloat16 or float16, got {k.dtype}")
-    expected_dims = {"thd": 3, "bthd": 4, "bhtd": 4}
-    if layout not in expected_dims:
-        raise ValueError(f"rope_rerotate_: layout must be 'thd', 'bthd' or 'bhtd', got {layout!r}")
-    if k.dim() != expected_dims[layout]:
-        raise ValueError(
-            f"rope_rerotate_: k must have {expected_dims[layout]} dims for layout {layout!r}, "
-            f"got shape {tuple(k.shape)}"
-        )
+    view = _bthd_view("rope_rerotate_", "k", k, layout)
     if k.shape[-1] != rope.head_dim:
         raise ValueError(
             f"rope_rerotate_: k has head_dim {k.shape[-1]} but rope.head_dim is {rope.head_dim}"
         )
-    view = k.unsqueeze(0) if layout == "thd" else k
-    if layout == "bhtd":
-        view = view.transpose(1, 2)
     batch, tokens = view.shape[0], view.shape[1]
     old = _positions("old_pos", old_pos, batch, tokens, k.device)
     new = _positions("new_pos", new_pos, batch, tokens, k.device)
     inv_freq = rope.inv_freq.to(k.device)
     torch.ops.lmkernels.rope_rerotate_(view, old, new, inv_freq, rope.neox)
     return k
+
+
+def rope_apply_(
+    x: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    *,
+    layout: str = "bhtd",
+) -> torch.Tensor:
+    """Apply half-split (NeoX / Llama) RoPE to ``x`` in place from per-token tables; returns ``x``.
+
+    One pass over ``x`` instead of the half a dozen elementwise ops of transformers'
+    ``apply_rotary_pos_emb`` (``x * cos + rotate_half(x) * sin``), with the same result up to
+    one rounding: pair ``(x[i], x[i + r/2])`` turns by the angle whose cosine and sine are
+    ``cos[..., i]`` and ``sin[..., i]``.
+
+    Args:
+        x: queries or keys, float32 / bfloat16 / float16, in layout ``"thd"``, ``"bthd"`` or
+            ``"bhtd"`` (transformers' attention inputs), any strides with ``head_dim`` contiguous.
+        cos, sin: ``[tokens, r/2]`` or ``[batch or 1, tokens, r/2]``: one entry per rotated pair,
+            ``r`` (the rotary dim) at most ``head_dim``; values past ``r`` are untouched.
+            transformers' rotary embedding repeats its frequencies in both halves, so
+            ``cos[..., : r // 2]`` of its ``position_embeddings`` is this table. Computed in
+            float32 whatever ``x``'s dtype.
+        layout: how ``x`` is laid out.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"rope_apply_: x must be a tensor, got {type(x).__name__}")
+    if x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise TypeError(f"rope_apply_: x must be float32, bfloat16 or float16, got {x.dtype}")
+    view = _bthd_view("rope_apply_", "x", x, layout)
+    tables = []
+    for name, table in (("cos", cos), ("sin", sin)):
+        if not isinstance(table, torch.Tensor) or not table.dtype.is_floating_point:
+            raise TypeError(f"rope_apply_: {name} must be a floating-point tensor, got {_describe(table)}")
+        if table.device != x.device:
+            raise ValueError(f"rope_apply_: {name} is on {table.device} but x is on {x.device}")
+        if table.dim() == 2:
+            table = table.unsqueeze(0)
+        if table.dim() != 3:
+            raise ValueError(
+                f"rope_apply_: {name} must be [tokens, rotary_dim / 2] or [batch or 1, tokens, rotary_dim / 2], "
+                f"got shape {tuple(table.shape)}"
+            )
+        tables.append(table.float())
+    torch.ops.lmkernels.rope_apply_(view, tables[0], tables[1])
+    return x
+
+
+def _describe(value: object) -> str:
+    return str(value.dtype) if isinstance(value, torch.Tensor) else type(value).__name__
+
+
+def _bthd_view(caller: str, name: str, x: torch.Tensor, layout: str) -> torch.Tensor:
+    """``x`` in ``layout`` as a [batch, tokens, heads, head_dim] view."""
+    expected_dims = {"thd": 3, "bthd": 4, "bhtd": 4}
+    if layout not in expected_dims:
+        raise ValueError(f"{caller}: layout must be 'thd', 'bthd' or 'bhtd', got {layout!r}")
+    if x.dim() != expected_dims[layout]:
+        raise ValueError(
+            f"{caller}: {name} must have {expected_dims[layout]} dims for layout {layout!r}, "
+            f"got shape {tuple(x.shape)}"
+        )
+    view = x.unsqueeze(0) if layout == "thd" else x
+    return view.transpose(1, 2) if layout == "bhtd" else view
 
 
 def _positions(
