@@ -16,6 +16,23 @@ def devices() -> list:
     ]
 
 
+def tiny_llama():
+    """A randomly initialised 2-layer Llama (GQA 4/2, vocab 120) for the transformers tests."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=120, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         attn_implementation="sdpa", bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    return LlamaForCausalLM(config).eval()
+
+
+def prompts_of(lengths, seed=1):
+    """Random prompts of `lengths` tokens from tiny_llama's vocabulary."""
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, 120, (n,), generator=g) for n in lengths]
+
+
 @pytest.fixture(params=lmkernels.supported_cpu_isas())
 def isa(request):
     """Runs the test once per CPU path this machine supports."""

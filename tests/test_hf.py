@@ -6,23 +6,15 @@ import pytest
 import torch
 
 transformers = pytest.importorskip("transformers", reason="the hf extra (transformers) is not installed")
-from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
 from lmkernels import hf, hf_layers  # noqa: E402
+
+from conftest import prompts_of, tiny_llama  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=120, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                         attn_implementation="sdpa", bos_token_id=None, eos_token_id=None, pad_token_id=None)
-    return LlamaForCausalLM(config).eval()
-
-
-def prompts_of(lengths, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randint(0, 120, (n,), generator=g) for n in lengths]
+    return tiny_llama()
 
 
 @torch.no_grad()
