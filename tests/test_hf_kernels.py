@@ -73,6 +73,18 @@ def test_swaps_are_undone_when_the_forward_fails(model, monkeypatch):
     assert not linear_forwards_swapped(model)
 
 
+def test_overlapping_rope_swaps_restore_the_original(model):
+    """A second prefill entering while the first holds its swap (another thread) must not
+    take the first's wrapper for the original."""
+    original = modeling_llama.apply_rotary_pos_emb
+    first = hf_layers.FusedRope(model).__enter__()
+    second = hf_layers.FusedRope(model).__enter__()
+    assert second.swaps[0][1] is original
+    first.__exit__()
+    second.__exit__()
+    assert modeling_llama.apply_rotary_pos_emb is original
+
+
 def interleaved_rope(q, k, cos, sin, unsqueeze_dim=1):
     """GPT-J pairing (2i, 2i + 1): not what rope_apply_ computes."""
     def rotate(x):

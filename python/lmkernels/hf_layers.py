@@ -8,6 +8,7 @@ with an int ``layer_idx`` beside an ``mlp`` that acts on each token independentl
 from __future__ import annotations
 
 import functools
+import inspect
 import sys
 from typing import Any
 
@@ -157,7 +158,8 @@ class FusedRope:
         self.swaps: list[tuple[Any, Any]] = []  # (modeling module, its original function)
         for layer in decoder_layers(model).values():
             module = sys.modules.get(type(layer.self_attn).__module__)
-            original = getattr(module, "apply_rotary_pos_emb", None)
+            # Unwrapped: another prefill (another thread) may have its swap in place right now.
+            original = inspect.unwrap(getattr(module, "apply_rotary_pos_emb", None))
             if module is None or any(m is module for m, _ in self.swaps) or not callable(original):
                 continue
             if computes_half_split_rope(original):
@@ -191,6 +193,7 @@ def computes_half_split_rope(apply_rotary: Any) -> bool:
 
 
 def _fused_rope(original: Any) -> Any:
+    @functools.wraps(original)
     def apply_rotary_pos_emb(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                              *args: Any, **kwargs: Any) -> Any:
         if args or kwargs or not _fusable(q, k, cos, sin):
