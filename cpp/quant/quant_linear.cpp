@@ -129,9 +129,18 @@ at::Tensor quant_linear_cpu(const at::Tensor& x, const at::Tensor& codes_lo, con
 
   const RowsKernel kernel = pick_for_isa<RowsKernel>(LMK_ISA_KERNELS_VNNI(quant_linear_rows_));
   std::atomic<bool> ok{true};
-  at::parallel_for(0, s.out_features, 16, [&](int64_t begin, int64_t end) {
+  // Threads take blocks of rows from a shared counter instead of one fixed share each: a
+  // thread that starts late (a worker woken from sleep, a vCPU the host had parked: up to a
+  // few hundred microseconds on the bench VM, as long as a whole batch-1 call) finds its
+  // blocks already taken instead of leaving the others waiting for its share.
+  const int64_t block_rows = std::max<int64_t>(16, std::min<int64_t>(256, s.out_features / (8 * at::get_num_threads())));
+  const int64_t blocks = (s.out_features + block_rows - 1) / block_rows;
+  std::atomic<int64_t> next_block{0};
+  at::parallel_for(0, std::min<int64_t>(blocks, at::get_num_threads()), 1, [&](int64_t, int64_t) {
     std::vector<int64_t> scratch((quant_linear_scratch_bytes(s) + 7) / 8 + 8);
-    if (!kernel(args, begin, end, scratch.data())) ok = false;
+    for (int64_t b = next_block++; b < blocks; b = next_block++) {
+      if (!kernel(args, b * block_rows, std::min(s.out_features, (b + 1) * block_rows), scratch.data())) ok = false;
+    }
   });
   TORCH_CHECK(ok.load(), "quant_linear: hi_groups rows must hold strictly ascending group indices in [0, ", s.groups, ")");
   if (x.scalar_type() != at::kFloat) out = out.to(x.scalar_type());
