@@ -63,11 +63,11 @@ void apply_table_rows(const RopeRerotateArgs& a, int64_t begin, int64_t end) {
 template <class Ops, StorageDtype D>
 void rerotate_rows_typed(const RopeRerotateArgs& a, int64_t begin, int64_t end, float* table) {
   using T = typename Storage<D>::T;
+  if (a.cos_table != nullptr) return apply_table_rows<Ops, D>(a, begin, end);  // `table` is null then
   float* cos_t = table;
   float* sin_t = table + a.rotary_dim;
   bool have_table = false;
   int64_t table_delta = 0;
-  if (a.cos_table != nullptr) return apply_table_rows<Ops, D>(a, begin, end);
   for (int64_t row = begin; row < end; ++row) {
     const int64_t delta = a.new_pos[row] - a.old_pos[row];
     // A zero shift is exactly the identity (rotating by 0 would turn inf into NaN).
