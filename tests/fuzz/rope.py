@@ -14,12 +14,9 @@ from .common import FLOAT_DTYPES, bits, cpu_isa, layout_view, num_threads, speci
 OP = "lmkernels::rope_rerotate_"
 
 
-@fuzzer(OP)
-def fuzz_rope_rerotate(data):
-    draw = data.draw
-    # Mostly valid calls (checked against the reference), else exactly one argument broken.
-    fault = draw(st.sampled_from([None] * 8 + ["dtype", "half", "k layout", "pos shape", "pos dtype", "inv_freq"]),
-                 label="fault")
+def draw_heads(draw, fault, name):
+    """The rotated tensor [batch, tokens, heads, head_dim] (sometimes a strided view) and the
+    pair count; fault "dtype", "half" or "<name> layout" breaks that part."""
     dtype = draw(st.sampled_from(FLOAT_DTYPES if fault != "dtype" else [torch.float64, torch.int32]), label="dtype")
     batch = draw(st.integers(0, 3), label="batch")
     tokens = draw(st.integers(0, 40), label="tokens")
@@ -27,15 +24,26 @@ def fuzz_rope_rerotate(data):
     head_dim = draw(st.integers(2, 80), label="head_dim")
     half = draw(st.integers(1, head_dim // 2) if fault != "half" else st.sampled_from([0, head_dim // 2 + 1]),
                 label="half")
-    neox = draw(st.booleans(), label="neox")
     value_dtype = dtype if dtype.is_floating_point else torch.float32
 
     def make(shape):
         return draw(special_values(shape, value_dtype)).to(dtype)
 
-    k = draw(layout_view((batch, tokens, heads, head_dim), make), label="k")
-    if fault == "k layout":  # overlapping rows, or head_dim not contiguous
-        k = k[:1].expand(2, *k.shape[1:]) if batch >= 1 and draw(st.booleans()) else k.transpose(-1, -2)
+    x = draw(layout_view((batch, tokens, heads, head_dim), make), label=name)
+    if fault == f"{name} layout":  # overlapping rows, or head_dim not contiguous
+        x = x[:1].expand(2, *x.shape[1:]) if batch >= 1 and draw(st.booleans()) else x.transpose(-1, -2)
+    return x, half
+
+
+@fuzzer(OP)
+def fuzz_rope_rerotate(data):
+    draw = data.draw
+    # Mostly valid calls (checked against the reference), else exactly one argument broken.
+    fault = draw(st.sampled_from([None] * 8 + ["dtype", "half", "k layout", "pos shape", "pos dtype", "inv_freq"]),
+                 label="fault")
+    k, half = draw_heads(draw, fault, "k")
+    batch, tokens = k.shape[0], k.shape[1]
+    neox = draw(st.booleans(), label="neox")
 
     pos_shape = (batch, tokens)
     if fault == "pos shape":
@@ -93,21 +101,8 @@ def fuzz_rope_apply(data):
     draw = data.draw
     fault = draw(st.sampled_from([None] * 8 + ["dtype", "half", "x layout", "table shape", "table dtype"]),
                  label="fault")
-    dtype = draw(st.sampled_from(FLOAT_DTYPES if fault != "dtype" else [torch.float64, torch.int32]), label="dtype")
-    batch = draw(st.integers(0, 3), label="batch")
-    tokens = draw(st.integers(0, 40), label="tokens")
-    heads = draw(st.integers(0, 4), label="heads")
-    head_dim = draw(st.integers(2, 80), label="head_dim")
-    half = draw(st.integers(1, head_dim // 2) if fault != "half" else st.sampled_from([0, head_dim // 2 + 1]),
-                label="half")
-    value_dtype = dtype if dtype.is_floating_point else torch.float32
-
-    def make(shape):
-        return draw(special_values(shape, value_dtype)).to(dtype)
-
-    x = draw(layout_view((batch, tokens, heads, head_dim), make), label="x")
-    if fault == "x layout":  # overlapping rows, or head_dim not contiguous
-        x = x[:1].expand(2, *x.shape[1:]) if batch >= 1 and draw(st.booleans()) else x.transpose(-1, -2)
+    x, half = draw_heads(draw, fault, "x")
+    batch, tokens = x.shape[0], x.shape[1]
 
     table_batch = draw(st.sampled_from([1, batch]), label="table batch")
     table_shape = (table_batch, tokens, half)
