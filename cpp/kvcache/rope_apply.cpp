@@ -44,14 +44,20 @@ void check_rope_apply_args(const at::Tensor& x, const at::Tensor& cos, const at:
               " pairs (rotary_dim / 2), got ", cos.size(2));
 }
 
-RopeRerotateArgs rope_apply_args(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+RopeTables rope_tables_with_shared_strides(const at::Tensor& cos, const at::Tensor& sin) {
+  if (cos.strides() == sin.strides()) return {cos, sin};
+  return {cos.contiguous(), sin.contiguous()};
+}
+
+RopeRerotateArgs rope_apply_args(const at::Tensor& x, const RopeTables& tables) {
+  const at::Tensor& cos = tables.cos;
   RopeRerotateArgs args{};
   set_rope_rows(args, x);
   args.dtype = storage_dtype(x.scalar_type());
   args.rotary_dim = static_cast<int>(2 * cos.size(2));
   args.neox = true;
   args.cos_table = cos.data_ptr<float>();
-  args.sin_table = sin.data_ptr<float>();
+  args.sin_table = tables.sin.data_ptr<float>();
   args.table_stride_batch = cos.size(0) == 1 ? 0 : cos.stride(0);  // one table shared by the batch
   args.table_stride_token = cos.stride(1);
   return args;
@@ -62,11 +68,8 @@ namespace {
 void rope_apply_cpu(at::Tensor x, const at::Tensor& cos, const at::Tensor& sin) {
   check_rope_apply_args(x, cos, sin);
   if (x.numel() == 0) return;
-  // One stride pair serves both tables; views sliced from one transformers tensor share them.
-  const bool same_strides = cos.strides() == sin.strides();
-  const at::Tensor cos_t = same_strides ? cos : cos.contiguous();
-  const at::Tensor sin_t = same_strides ? sin : sin.contiguous();
-  const RopeRerotateArgs args = rope_apply_args(x, cos_t, sin_t);
+  const RopeTables tables = rope_tables_with_shared_strides(cos, sin);
+  const RopeRerotateArgs args = rope_apply_args(x, tables);
   const RopeRowsKernel kernel = rope_rows_kernel();
   const int64_t rows = args.batch * args.tokens;
   // About 32k values a task, as in rope_rerotate_.

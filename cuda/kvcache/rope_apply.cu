@@ -41,10 +41,8 @@ void rope_apply_cuda(at::Tensor x, const at::Tensor& cos, const at::Tensor& sin)
   TORCH_CHECK(x.size(0) * x.size(1) < (int64_t(1) << 31), "rope_apply_: batch * tokens must be below 2^31 on CUDA, got ",
               x.size(0) * x.size(1));
   const c10::cuda::CUDAGuard guard(x.device());
-  const bool same_strides = cos.strides() == sin.strides();
-  const at::Tensor cos_t = same_strides ? cos : cos.contiguous();
-  const at::Tensor sin_t = same_strides ? sin : sin.contiguous();
-  const RopeRerotateArgs args = rope_apply_args(x, cos_t, sin_t);
+  const RopeTables tables = rope_tables_with_shared_strides(cos, sin);
+  const RopeRerotateArgs args = rope_apply_args(x, tables);
   const int64_t work = args.heads * (args.rotary_dim / 2);
   const int threads = work >= 256 ? 256 : (work >= 128 ? 128 : 64);
   auto stream = c10::cuda::getCurrentCUDAStream();
