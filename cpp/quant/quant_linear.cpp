@@ -1,6 +1,7 @@
 // quant_linear on CPU: activation quantization, threads over output rows, ISA choice.
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
@@ -32,6 +33,16 @@ void quantize_activation_rows(const QuantShape& s, const at::Tensor& x2, Quantiz
     std::vector<float> row(s.super_blocks * kQuantSuperBlock);
     kernel(args, begin, end, row.data());
   });
+}
+
+// xq's units in xq_pairs' order (kQuantPairPosition), block by block.
+void reorder_units_in_pairs(const int8_t* xq, int64_t blocks, int8_t* pairs) {
+  for (int64_t b = 0; b < blocks; ++b) {
+    for (int u = 0; u < kQuantSuperUnits; ++u) {
+      std::memcpy(pairs + b * kQuantSuperBlock + kQuantPairPosition[u] * kQuantUnit, xq + b * kQuantSuperBlock + u * kQuantUnit,
+                  kQuantUnit);
+    }
+  }
 }
 
 using RowsKernel = bool (*)(const QuantLinearArgs&, int64_t, int64_t, void*);
@@ -128,6 +139,12 @@ at::Tensor quant_linear_cpu(const at::Tensor& x, const at::Tensor& codes_lo, con
 #endif
 
   const RowsKernel kernel = pick_for_isa<RowsKernel>(LMK_ISA_KERNELS_VNNI(quant_linear_rows_));
+  at::Tensor pairs;
+  if (active_isa() >= CpuIsa::kAvx512Vnni) {
+    pairs = at::empty_like(qa.codes);
+    reorder_units_in_pairs(qa.codes.data_ptr<int8_t>(), rows * s.super_blocks, pairs.data_ptr<int8_t>());
+    args.xq_pairs = pairs.data_ptr<int8_t>();
+  }
   std::atomic<bool> ok{true};
   // Threads take blocks of rows from a shared counter instead of one fixed share each: a
   // thread that starts late (a worker woken from sleep, a vCPU the host had parked: up to a

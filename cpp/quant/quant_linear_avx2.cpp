@@ -41,7 +41,8 @@ inline void accumulate_quad(__m256i* acc, __m256i q, const int8_t* const* x, int
 struct Avx2Ops : Avx2Common {
   // Whole blocks fully unrolled (two quads).
   template <int MC>
-  static void row_dot(const uint8_t* lo, const int8_t* const* x, UnitScales unit_scales, int64_t units,
+  static void row_dot(const uint8_t* lo, const int8_t* const* x, const int8_t* const* /*x_pairs*/,
+                      UnitScales unit_scales, int64_t units,
                       const float* const* dx, float* const* lane) {
     auto quads_at = [&](int64_t u) { return lo + u / kQuantQuadUnits * kQuantQuadBytes; };
     auto full = [&](int64_t u, __m256i* acc) {

@@ -71,7 +71,7 @@ inline void dense_blocks(int64_t units, const float* const* dx, float* const* la
 struct Avx2Common {
   // The high plane's units a quad at a time (shifts by immediates), from the quad holding
   // `first`; a row's first and last quads may hold its neighbours' units, which are skipped.
-  template <int UPG, int MC>
+  template <int UPG, int MC, bool kPairs>
   static void high_dot(const uint8_t* plane, uint64_t first, int64_t count, const int16_t* hi_groups,
                        UnitScales unit_scales, const int8_t* const* x, const float* const* dx,
                        float* const* lane) {
@@ -80,12 +80,16 @@ struct Avx2Common {
     const __m256i three = _mm256_set1_epi8(3);
     const int64_t lead = static_cast<int64_t>(first % kQuantQuadUnits);
     const uint8_t* quads = plane + first / kQuantQuadUnits * kQuantQuadBytes;
+    // Unsigned index math (i >= 0, and the row's hi_groups were checked to lie in [0, groups)),
+    // and the scale read at the group itself: a signed unit / 8 and unit >> shift cost as much
+    // scalar work as the unit's vector work.
     auto unit_dot = [&](__m256i shifted, int64_t i) {
-      const int64_t unit = high_unit<UPG>(hi_groups, i);
+      const uint64_t k = static_cast<uint64_t>(i), group = static_cast<uint16_t>(hi_groups[k / UPG]);
+      const uint64_t unit = group * UPG + k % UPG;
       const __m256i codes = _mm256_and_si256(shifted, three);
-      const __m256i scale = _mm256_set1_epi16(static_cast<int16_t>(4 * unit_scales[unit]));
+      const __m256i scale = _mm256_set1_epi16(static_cast<int16_t>(4 * scale_code(unit_scales.packed[group])));
       for (int m = 0; m < MC; ++m) {
-        acc[m] = accumulate_lanes(acc[m], weighted_dot(codes, x[m] + unit * kQuantUnit, scale),
+        acc[m] = accumulate_lanes(acc[m], weighted_dot(codes, x[m] + unit_x_offset<kPairs>(unit), scale),
                                   dx[m][unit / kQuantSuperUnits]);
       }
     };

@@ -25,7 +25,8 @@ inline void accumulate_pair(__m512i* acc, __m512i codes, const int8_t* const* x,
 
 struct Avx512Ops : Avx2Common {
   template <int MC>
-  static void row_dot(const uint8_t* lo, const int8_t* const* x, UnitScales unit_scales, int64_t units,
+  static void row_dot(const uint8_t* lo, const int8_t* const* x, const int8_t* const* /*x_pairs*/,
+                      UnitScales unit_scales, int64_t units,
                       const float* const* dx, float* const* lane) {
     auto block = [&](int64_t u0, int64_t count, __m256i* ints) {
       block_ints<MC>(lo + u0 / kQuantQuadUnits * kQuantQuadBytes, x, unit_scales, u0, static_cast<int>(count), ints);

@@ -30,11 +30,19 @@ struct QuantLinearArgs {
   // Quantized activations: rows of super_blocks * 256 int8 codes (zero padded), one scale per
   // super-block and one code sum per group.
   const int8_t* xq;
+  // The same codes with each super-block's eight 32-code units in the order 0 4 1 5 2 6 3 7
+  // (kQuantPairPosition), for the VNNI row kernel: one 64-byte load of a block's two code quads
+  // then pairs unit i of the first quad with unit i + 4 of the second, next to each other in
+  // this copy. Required by the VNNI row kernel, null on the other paths.
+  const int8_t* xq_pairs;
   const float* xscale;           // [M, quant_combine_stride(S)], zero padded
   const int16_t* xsum;           // at most 256 * 127: fits int16
   int64_t rows;                  // M
   float* out;                    // [M, N]
 };
+
+// Position of unit u of a super-block in xq_pairs' block (units in the order 0 4 1 5 2 6 3 7).
+constexpr uint8_t kQuantPairPosition[8] = {0, 2, 4, 6, 1, 3, 5, 7};
 
 // Super-block count padded to whole 8-lane vectors: the stride of per-block float arrays.
 LMK_INLINE int64_t quant_combine_stride(int64_t super_blocks) { return (super_blocks + 7) / 8 * 8; }

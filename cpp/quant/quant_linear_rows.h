@@ -17,18 +17,20 @@
 // Lane j of a unit's dot product holds its weights 4j .. 4j + 3 (what maddubs + madd give).
 //
 // Each ISA file defines `Ops` with
-//   template <int MC> static void row_dot(const uint8_t* lo, const int8_t* const* x, UnitScales unit_scales,
+//   template <int MC> static void row_dot(const uint8_t* lo, const int8_t* const* x,
+//                                         const int8_t* const* x_pairs, UnitScales unit_scales,
 //                                         int64_t units, const float* const* dx, float* const* lane)
 //     lane[m][0..7] = the dense pass over the row's `units` units, lane[j] = sum over blocks b in
 //     order of float(I_b[j]) * dx[m][b], I_b[j] = sum over the block's units u of
-//     unit_scales[u] * <low codes of u, x[m] + 32 u> over weights 4j .. 4j + 3
-//   template <int UPG, int MC> static void high_dot(const uint8_t* plane, uint64_t first, int64_t count,
+//     unit_scales[u] * <low codes of u, x[m] + 32 u> over weights 4j .. 4j + 3 (x_pairs[m]: the
+//     same codes in xq_pairs' order, or null; only the VNNI path reads it)
+//   template <int UPG, int MC, bool kPairs> static void high_dot(const uint8_t* plane, uint64_t first, int64_t count,
 //                                                   const int16_t* hi_groups, UnitScales unit_scales,
 //                                                   const int8_t* const* x, const float* const* dx,
 //                                                   float* const* lane)
 //     for the high plane's units i = first .. first + count - 1 in order (row unit u =
 //     high_unit<UPG>(hi_groups, i - first), block b = u / 8): lane[m][j] += float(H[j]) * dx[m][b],
-//     H[j] = 4 * unit_scales[u] * <codes of unit i, x[m] + 32 u> over weights 4j .. 4j + 3
+//     H[j] = 4 * unit_scales[u] * <codes of unit i, x[m] + unit_x_offset<kPairs>(u)> over weights 4j .. 4j + 3
 //   static void block_scales(const float* d_dmin, const float* xscale, int64_t S, float* dx)
 //     dx[b] = d_dmin[2b] * xscale[b] for b < quant_combine_stride(S)
 //   static void min_sums(const uint8_t* scales, const int16_t* xsum, const QuantShape& s, int32_t* msum)
@@ -121,17 +123,24 @@ LMK_INLINE int64_t high_unit(const int16_t* hi_groups, int64_t i) {
   return static_cast<int64_t>(hi_groups[i / UPG]) * UPG + i % UPG;
 }
 
-template <class Ops, int MC>
+// Offset of unit u's codes in an activation row: xq's plain order, or xq_pairs' (kPairs).
+template <bool kPairs>
+LMK_INLINE uint64_t unit_x_offset(uint64_t unit) {
+  if (!kPairs) return unit * kQuantUnit;
+  return ((unit & ~uint64_t{7}) + kQuantPairPosition[unit & 7]) * kQuantUnit;  // a load: cheaper than bit shuffling
+}
+
+template <class Ops, int MC, bool kPairs>
 void high_dot(const QuantLinearArgs& a, int64_t n, UnitScales unit_scales, const int8_t* const* x,
               const float* const* dx, float* const* lane) {
   const QuantShape& s = a.shape;
   const uint64_t first = static_cast<uint64_t>(n * s.hi_units);
   const int16_t* hi_groups = a.hi_groups + n * s.num_hi;
   switch (s.units_per_group) {
-    case 1: Ops::template high_dot<1, MC>(a.codes_hi, first, s.hi_units, hi_groups, unit_scales, x, dx, lane); break;
-    case 2: Ops::template high_dot<2, MC>(a.codes_hi, first, s.hi_units, hi_groups, unit_scales, x, dx, lane); break;
-    case 4: Ops::template high_dot<4, MC>(a.codes_hi, first, s.hi_units, hi_groups, unit_scales, x, dx, lane); break;
-    default: Ops::template high_dot<8, MC>(a.codes_hi, first, s.hi_units, hi_groups, unit_scales, x, dx, lane); break;
+    case 1: Ops::template high_dot<1, MC, kPairs>(a.codes_hi, first, s.hi_units, hi_groups, unit_scales, x, dx, lane); break;
+    case 2: Ops::template high_dot<2, MC, kPairs>(a.codes_hi, first, s.hi_units, hi_groups, unit_scales, x, dx, lane); break;
+    case 4: Ops::template high_dot<4, MC, kPairs>(a.codes_hi, first, s.hi_units, hi_groups, unit_scales, x, dx, lane); break;
+    default: Ops::template high_dot<8, MC, kPairs>(a.codes_hi, first, s.hi_units, hi_groups, unit_scales, x, dx, lane); break;
   }
 }
 
@@ -141,17 +150,25 @@ void row_chunk(const QuantLinearArgs& a, int64_t n, int64_t m0, const RowScratch
   const QuantShape& s = a.shape;
   const int64_t S = s.super_blocks, S8 = quant_combine_stride(S), xq_stride = S * kQuantSuperBlock;
   const int8_t* x[MC];
+  const int8_t* x_pairs[MC];
   float* dx[MC];
   float* lane[MC];
   for (int m = 0; m < MC; ++m) {
     x[m] = a.xq + (m0 + m) * xq_stride;
+    x_pairs[m] = a.xq_pairs ? a.xq_pairs + (m0 + m) * xq_stride : nullptr;
     dx[m] = rs.dx + m * S8;
     lane[m] = rs.lane + m * 8;
     Ops::block_scales(rs.d_dmin, a.xscale + (m0 + m) * S8, S, dx[m]);
   }
 
-  Ops::template row_dot<MC>(a.codes_lo + n * s.lo_stride, x, unit_scales, s.units, dx, lane);
-  if (high_ok) high_dot<Ops, MC>(a, n, unit_scales, x, dx, lane);
+  Ops::template row_dot<MC>(a.codes_lo + n * s.lo_stride, x, x_pairs, unit_scales, s.units, dx, lane);
+  // The high pass reads the pairs copy where there is one, so that only one copy of the
+  // activations competes with the weight streams for L1 (a row of 14336 codes is 14 KB).
+  if (high_ok && a.xq_pairs) {
+    high_dot<Ops, MC, true>(a, n, unit_scales, x_pairs, dx, lane);
+  } else if (high_ok) {
+    high_dot<Ops, MC, false>(a, n, unit_scales, x, dx, lane);
+  }
 
   const uint8_t* scales = a.scales + n * s.groups;
   for (int m = 0; m < MC; ++m) {

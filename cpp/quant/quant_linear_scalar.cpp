@@ -23,7 +23,8 @@ LMK_INLINE void accumulate_lanes(const int32_t* ints, float dx, float* lane) {
 
 struct ScalarOps {
   template <int MC>
-  static void row_dot(const uint8_t* lo, const int8_t* const* x, UnitScales unit_scales, int64_t units,
+  static void row_dot(const uint8_t* lo, const int8_t* const* x, const int8_t* const* /*x_pairs*/,
+                      UnitScales unit_scales, int64_t units,
                       const float* const* dx, float* const* lane) {
     for (int m = 0; m < MC; ++m) {
       for (int j = 0; j < 8; ++j) lane[m][j] = 0.0f;
@@ -37,7 +38,7 @@ struct ScalarOps {
     }
   }
 
-  template <int UPG, int MC>
+  template <int UPG, int MC, bool kPairs>
   static void high_dot(const uint8_t* plane, uint64_t first, int64_t count, const int16_t* hi_groups,
                        UnitScales unit_scales, const int8_t* const* x, const float* const* dx,
                        float* const* lane) {
@@ -48,7 +49,7 @@ struct ScalarOps {
       for (int m = 0; m < MC; ++m) {
         int32_t ints[8] = {0, 0, 0, 0, 0, 0, 0, 0};
         unit_lanes([&](int t) { return unit_code(quad, static_cast<int>(h % kQuantQuadUnits), t); },
-                   x[m] + unit * kQuantUnit, 4 * unit_scales[unit], ints);
+                   x[m] + unit_x_offset<kPairs>(static_cast<uint64_t>(unit)), 4 * unit_scales[unit], ints);
         accumulate_lanes(ints, dx[m][unit / kQuantSuperUnits], lane[m]);
       }
     }
