@@ -206,7 +206,7 @@ STRIP_PATHS = [pytest.param(isa, marks=pytest.mark.skipif(isa not in lmkernels.s
 
 
 @pytest.mark.parametrize("strip_isa", STRIP_PATHS)
-@pytest.mark.parametrize("group_size", [32, 64, 256])
+@pytest.mark.parametrize("group_size", [32, 64, 128, 256])
 @pytest.mark.parametrize("n, k, m", [(16, 256, 8), (37, 300, 17), (5, 40, 50), (130, 1000, 33)])
 def test_linear_strips_match_the_row_kernels(strip_isa, n, k, m, group_size):
     # Partial strips (n % 16), partial tiles (m % 16), several activation tiles, k not a multiple
