@@ -80,16 +80,13 @@ struct Avx2Common {
     const __m256i three = _mm256_set1_epi8(3);
     const int64_t lead = static_cast<int64_t>(first % kQuantQuadUnits);
     const uint8_t* quads = plane + first / kQuantQuadUnits * kQuantQuadBytes;
-    // Unsigned index math (i >= 0, and the row's hi_groups were checked to lie in [0, groups)),
-    // and the scale read at the group itself: a signed unit / 8 and unit >> shift cost as much
-    // scalar work as the unit's vector work. Always inlined: out of line (GCC's choice at 4
-    // activation rows once the dense pass grew), the accumulators go through memory on every
-    // unit and 4-row calls took 25% longer.
+    // The scale is read at the unit's group (a compile-time shift, not unit_scales' runtime
+    // one). Always inlined: out of line (GCC's choice at 4 activation rows once the dense pass
+    // grew), the accumulators go through memory on every unit and 4-row calls took 25% longer.
     auto unit_dot = [&](__m256i shifted, int64_t i) __attribute__((always_inline)) {
-      const uint64_t k = static_cast<uint64_t>(i), group = static_cast<uint16_t>(hi_groups[k / UPG]);
-      const uint64_t unit = group * UPG + k % UPG;
+      const uint64_t unit = high_unit<UPG>(hi_groups, static_cast<uint64_t>(i));
       const __m256i codes = _mm256_and_si256(shifted, three);
-      const __m256i scale = _mm256_set1_epi16(static_cast<int16_t>(4 * scale_code(unit_scales.packed[group])));
+      const __m256i scale = _mm256_set1_epi16(static_cast<int16_t>(4 * scale_code(unit_scales.packed[unit / UPG])));
       for (int m = 0; m < MC; ++m) {
         acc[m] = accumulate_lanes(acc[m], weighted_dot(codes, x[m] + unit_x_offset<kPairs>(unit), scale),
                                   dx[m][unit / kQuantSuperUnits]);

@@ -117,10 +117,12 @@ LMK_INLINE bool hi_groups_valid(const QuantShape& s, const int16_t* hi_groups) {
   return !descending && hi_groups[0] >= 0 && hi_groups[s.num_hi - 1] < s.groups;
 }
 
-// Row-relative unit of the high plane's unit i (of a row), UPG units per group.
+// Row-relative unit of the high plane's unit i (of a row), UPG units per group. Unsigned
+// (the row's hi_groups were checked to lie in [0, groups)): a signed unit / 8 or / UPG costs
+// as much scalar work in the high pass as the unit's vector work.
 template <int UPG>
-LMK_INLINE int64_t high_unit(const int16_t* hi_groups, int64_t i) {
-  return static_cast<int64_t>(hi_groups[i / UPG]) * UPG + i % UPG;
+LMK_INLINE uint64_t high_unit(const int16_t* hi_groups, uint64_t i) {
+  return static_cast<uint64_t>(static_cast<uint16_t>(hi_groups[i / UPG])) * UPG + i % UPG;
 }
 
 // Offset of unit u's codes in an activation row: xq's plain order, or xq_pairs' (kPairs).

@@ -45,11 +45,11 @@ struct ScalarOps {
     for (int64_t i = 0; i < count; ++i) {
       const uint64_t h = first + static_cast<uint64_t>(i);
       const uint8_t* quad = plane + h / kQuantQuadUnits * kQuantQuadBytes;
-      const int64_t unit = high_unit<UPG>(hi_groups, i);
+      const uint64_t unit = high_unit<UPG>(hi_groups, static_cast<uint64_t>(i));
       for (int m = 0; m < MC; ++m) {
         int32_t ints[8] = {0, 0, 0, 0, 0, 0, 0, 0};
         unit_lanes([&](int t) { return unit_code(quad, static_cast<int>(h % kQuantQuadUnits), t); },
-                   x[m] + unit_x_offset<kPairs>(static_cast<uint64_t>(unit)), 4 * unit_scales[unit], ints);
+                   x[m] + unit_x_offset<kPairs>(unit), 4 * unit_scales[static_cast<int64_t>(unit)], ints);
         accumulate_lanes(ints, dx[m][unit / kQuantSuperUnits], lane[m]);
       }
     }
