@@ -184,6 +184,27 @@ def test_linear_low_precision_activations(isa, dtype):
     assert nmse(got, ref) <= 5e-4
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_linear_non_contiguous_x_and_16_bit_rounding(isa, dtype):
+    # The op reads strided x through a copy and rounds its float result itself: the same bits
+    # as the float path's result rounded by Tensor.to.
+    q = quant.quantize(student_t(40, 320))
+    x = torch.randn(320, 6).to(dtype).T
+    assert not x.is_contiguous()
+    got = quant.linear(x, q)
+    assert got.dtype == dtype and torch.equal(got, quant.linear(x.float().contiguous(), q).to(dtype))
+
+
+def test_linear_activations_larger_than_the_kept_scratch(isa):
+    # Over 4 MB of quantized activations: the op allocates for this call instead of growing the
+    # buffer each thread keeps; a small call afterwards still reads its own activations.
+    q = quant.quantize(student_t(8, 4096))
+    x = torch.randn(1100, 4096)
+    ref = torch.nn.functional.linear(x, quant.dequantize(q))
+    assert nmse(quant.linear(x, q), ref) <= 5e-4
+    assert nmse(quant.linear(x[:1], q), ref[:1]) <= 5e-4
+
+
 @pytest.mark.parametrize("k, group_size, frac_4bit", [(1000, 32, 0.3), (2600, 32, 0.2), (2600, 64, 0.35), (3000, 128, 0.5), (2100, 256, 0.7)])
 def test_linear_every_isa_gives_the_same_bits(k, group_size, frac_4bit):
     # More than 8 super-blocks (several vector steps of the float combination), every units-per-group

@@ -1,7 +1,6 @@
 // quant_linear on CPU: activation quantization, threads over output rows, ISA choice.
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/empty_like.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
@@ -20,18 +19,62 @@
 namespace lmkernels {
 namespace {
 
-struct QuantizedActivations {
-  at::Tensor codes, scales, sums;
+// The per-call buffers of the op (quantized activations, their pairs copy, per-thread kernel
+// scratch, a float output for 16-bit x), carved from one allocation that the calling thread
+// keeps between calls up to kKeptBytes. Five tensors allocated through the dispatcher per call
+// cost 30-50 us once the previous layer's weights had flushed the caches (the dispatcher's
+// code and data come back from DRAM one miss at a time): a tenth of a batch-1 4096x4096 call.
+class CallScratch {
+ public:
+  explicit CallScratch(int64_t bytes) {
+    constexpr int64_t kKeptBytes = int64_t{4} << 20;
+    const size_t words = static_cast<size_t>((bytes + 2 * kAlign) / 8);
+    std::vector<int64_t>* storage = &owned_;
+    if (bytes <= kKeptBytes) {
+      thread_local std::vector<int64_t> kept;
+      storage = &kept;
+    }
+    if (storage->size() < words) storage->resize(words);
+    next_ = reinterpret_cast<char*>((reinterpret_cast<uintptr_t>(storage->data()) + kAlign - 1) & ~uintptr_t{kAlign - 1});
+  }
+  template <class T>
+  T* take(int64_t count) {
+    T* p = reinterpret_cast<T*>(next_);
+    next_ += quant_round_up(count * static_cast<int64_t>(sizeof(T)), kAlign);
+    return p;
+  }
+  // Upper bound of what takes of these element counts use (each rounded up to kAlign).
+  static int64_t bytes_for(std::initializer_list<int64_t> sizes) {
+    int64_t total = 0;
+    for (int64_t b : sizes) total += quant_round_up(b, kAlign);
+    return total;
+  }
+
+ private:
+  static constexpr int64_t kAlign = 64;
+  std::vector<int64_t> owned_;
+  char* next_ = nullptr;
 };
 
-void quantize_activation_rows(const QuantShape& s, const at::Tensor& x2, QuantizedActivations& qa) {
+struct QuantizedActivations {
+  int8_t* codes;   // [rows, S * 256]
+  float* scales;   // [rows, S8]
+  int16_t* sums;   // [rows, groups]
+};
+
+// Below this many activation values, quantizing them on the calling thread beats waking the
+// pool (batch 1 on a 4096-wide layer: a few microseconds of work).
+constexpr int64_t kActivationParallelMin = 1 << 15;
+
+void quantize_activation_rows(const QuantShape& s, const void* x, at::ScalarType dtype, int64_t rows,
+                              const QuantizedActivations& qa, float* row_scratch) {
   using Kernel = void (*)(const ActivationQuantArgs&, int64_t, int64_t, float*);
   const Kernel kernel = pick_for_isa<Kernel>(LMK_ISA_KERNELS(quantize_activation_rows_));
-  const ActivationQuantArgs args{s, x2.data_ptr(), storage_dtype(x2.scalar_type()), qa.codes.data_ptr<int8_t>(),
-                                 qa.scales.data_ptr<float>(), qa.sums.data_ptr<int16_t>()};
-  at::parallel_for(0, x2.size(0), 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> row(s.super_blocks * kQuantSuperBlock);
-    kernel(args, begin, end, row.data());
+  const ActivationQuantArgs args{s, x, storage_dtype(dtype), qa.codes, qa.scales, qa.sums};
+  const int64_t row_floats = s.super_blocks * kQuantSuperBlock;
+  if (rows * s.in_features < kActivationParallelMin) return kernel(args, 0, rows, row_scratch);
+  at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
+    kernel(args, begin, end, row_scratch + at::get_thread_num() * row_floats);
   });
 }
 
@@ -54,20 +97,19 @@ using StripsKernel = bool (*)(const QuantStripArgs&, int64_t, int64_t, void*);
 constexpr int64_t kQuantStripMinRows = 8;
 
 void quant_linear_strips(const QuantShape& s, const QuantizedActivations& qa, const QuantLinearArgs& packed,
-                      at::Tensor& out) {
-  const int64_t rows = out.size(0), S = s.super_blocks;
+                         const at::TensorOptions& opts) {
+  const int64_t rows = packed.rows, S = s.super_blocks;
   const int64_t m_tiles = (rows + kQuantStripCols - 1) / kQuantStripCols, x_stride = m_tiles * kQuantStripCols;
-  const auto opts = out.options();
   at::Tensor tiles = at::zeros({m_tiles * S * kQuantSuperBlock * kQuantStripCols}, opts.dtype(at::kChar));
   at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
-    quant_strip_activation_tiles(qa.codes.data_ptr<int8_t>(), begin, end, S, tiles.data_ptr<int8_t>());
+    quant_strip_activation_tiles(qa.codes, begin, end, S, tiles.data_ptr<int8_t>());
   });
   // The activations' block scales and, for the min term, each group's block scale times its
   // code sum, transposed to [block or group][activation row] and zero padded (plain loops: a
   // handful of small torch ops cost more than the products at a few rows).
   at::Tensor xscale_t = at::empty({S, x_stride}, opts), group_sums = at::empty({s.groups, x_stride}, opts);
-  const float* scales = qa.scales.data_ptr<float>();
-  const int16_t* sums = qa.sums.data_ptr<int16_t>();
+  const float* scales = qa.scales;
+  const int16_t* sums = qa.sums;
   float* xs = xscale_t.data_ptr<float>();
   float* gs = group_sums.data_ptr<float>();
   const int64_t S8 = quant_combine_stride(S);
@@ -94,24 +136,56 @@ void quant_linear_strips(const QuantShape& s, const QuantizedActivations& qa, co
 }
 #endif
 
+// The float results of rows [0, rows) into out's dtype (what Tensor::to does, bit for bit,
+// without its dispatch).
+void store_output(const float* y, int64_t count, at::Tensor& out) {
+  switch (storage_dtype(out.scalar_type())) {
+    case StorageDtype::kBFloat16:
+      for (int64_t i = 0; i < count; ++i) store_elem<StorageDtype::kBFloat16>(out.data_ptr(), i, y[i]);
+      break;
+    case StorageDtype::kFloat16:
+      for (int64_t i = 0; i < count; ++i) store_elem<StorageDtype::kFloat16>(out.data_ptr(), i, y[i]);
+      break;
+    default:
+      break;  // fp32: the kernels wrote straight into out
+  }
+}
+
 at::Tensor quant_linear_cpu(const at::Tensor& x, const at::Tensor& codes_lo, const at::Tensor& codes_hi,
                             const at::Tensor& hi_groups, const at::Tensor& scales, const at::Tensor& super_scales,
                             const std::optional<at::Tensor>& bias, int64_t in_features, int64_t group_size) {
   const QuantShape s = check_packed_weight({codes_lo, codes_hi, hi_groups, scales, super_scales}, in_features,
                                            group_size, "quant_linear");
   check_quant_linear_input(x, bias, s, codes_lo.device());
-  const at::Tensor x2 = x.reshape({-1, s.in_features}).contiguous();
-  const int64_t rows = x2.size(0);
+  // Raw pointers and plain loops from here: at batch 1 each dispatched tensor op (reshape,
+  // empty, to) is a measurable share of the call once the caches are cold.
+  const at::Tensor xc = x.is_contiguous() ? x : x.contiguous();
+  const int64_t rows = x.numel() / s.in_features;
   std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
   out_shape.back() = s.out_features;
-  at::Tensor out = at::empty({rows, s.out_features}, x.options().dtype(at::kFloat));
+  at::Tensor out = at::empty(out_shape, x.options());
   if (rows == 0 || s.out_features == 0) {
     check_hi_groups_host(hi_groups, s.groups, "quant_linear");  // the kernel's own check never runs
-    return out.to(x.scalar_type()).reshape(out_shape);
+    return out;
+  }
+  at::Tensor bias_f32;
+  if (bias.has_value()) {
+    bias_f32 = bias->scalar_type() == at::kFloat && bias->is_contiguous() ? *bias : bias->to(at::kFloat).contiguous();
   }
 
-  at::Tensor bias_f32;
-  if (bias.has_value()) bias_f32 = bias->to(at::kFloat).contiguous();
+  const bool pairs = active_isa() >= CpuIsa::kAvx512Vnni;
+  const int64_t S8 = quant_combine_stride(s.super_blocks), row_codes = s.super_blocks * kQuantSuperBlock;
+  const int64_t threads = at::get_num_threads();
+  const bool float_out = x.scalar_type() == at::kFloat;
+  const int64_t thread_scratch_bytes = quant_round_up(quant_linear_scratch_bytes(s), 64);
+  CallScratch scratch(CallScratch::bytes_for({rows * row_codes, rows * S8 * 4, rows * s.groups * 2,
+                                              pairs ? rows * row_codes : 0, float_out ? 0 : rows * s.out_features * 4,
+                                              threads * row_codes * 4, threads * thread_scratch_bytes}));
+  const QuantizedActivations qa{scratch.take<int8_t>(rows * row_codes), scratch.take<float>(rows * S8),
+                                scratch.take<int16_t>(rows * s.groups)};
+  float* out_f32 = float_out ? out.data_ptr<float>() : scratch.take<float>(rows * s.out_features);
+  quantize_activation_rows(s, xc.data_ptr(), x.scalar_type(), rows, qa, scratch.take<float>(threads * row_codes));
+
   QuantLinearArgs args{};
   args.shape = s;
   args.codes_lo = codes_lo.data_ptr<uint8_t>();
@@ -121,47 +195,42 @@ at::Tensor quant_linear_cpu(const at::Tensor& x, const at::Tensor& codes_lo, con
   args.super_scales = reinterpret_cast<const uint16_t*>(super_scales.data_ptr<at::Half>());
   args.bias = bias_f32.defined() ? bias_f32.data_ptr<float>() : nullptr;
   args.rows = rows;
-  args.out = out.data_ptr<float>();
-  const auto opts = x.options();
-  QuantizedActivations qa{at::empty({rows, s.super_blocks * kQuantSuperBlock}, opts.dtype(at::kChar)),
-                          at::empty({rows, quant_combine_stride(s.super_blocks)}, opts.dtype(at::kFloat)),
-                          at::empty({rows, s.groups}, opts.dtype(at::kShort))};
-  quantize_activation_rows(s, x2, qa);
-  args.xq = qa.codes.data_ptr<int8_t>();
-  args.xscale = qa.scales.data_ptr<float>();
-  args.xsum = qa.sums.data_ptr<int16_t>();
+  args.out = out_f32;
+  args.xq = qa.codes;
+  args.xscale = qa.scales;
+  args.xsum = qa.sums;
 #ifndef LMKERNELS_NO_X86_SIMD
   if (active_isa() >= CpuIsa::kAvx512Vnni && rows >= kQuantStripMinRows) {
-    quant_linear_strips(s, qa, args, out);
-    if (x.scalar_type() != at::kFloat) out = out.to(x.scalar_type());
-    return out.reshape(out_shape);
+    quant_linear_strips(s, qa, args, x.options().dtype(at::kFloat));
+    store_output(out_f32, rows * s.out_features, out);
+    return out;
   }
 #endif
 
   const RowsKernel kernel = pick_for_isa<RowsKernel>(LMK_ISA_KERNELS_VNNI(quant_linear_rows_));
-  at::Tensor pairs;
-  if (active_isa() >= CpuIsa::kAvx512Vnni) {
-    pairs = at::empty_like(qa.codes);
-    reorder_units_in_pairs(qa.codes.data_ptr<int8_t>(), rows * s.super_blocks, pairs.data_ptr<int8_t>());
-    args.xq_pairs = pairs.data_ptr<int8_t>();
+  if (pairs) {
+    int8_t* xq_pairs = scratch.take<int8_t>(rows * row_codes);
+    reorder_units_in_pairs(qa.codes, rows * s.super_blocks, xq_pairs);
+    args.xq_pairs = xq_pairs;
   }
+  char* thread_scratch = scratch.take<char>(threads * thread_scratch_bytes);
   std::atomic<bool> ok{true};
   // Threads take blocks of rows from a shared counter instead of one fixed share each: a
   // thread that starts late (a worker woken from sleep, a vCPU the host had parked: up to a
   // few hundred microseconds on the bench VM, as long as a whole batch-1 call) finds its
   // blocks already taken instead of leaving the others waiting for its share.
-  const int64_t block_rows = std::max<int64_t>(16, std::min<int64_t>(256, s.out_features / (8 * at::get_num_threads())));
+  const int64_t block_rows = std::max<int64_t>(16, std::min<int64_t>(256, s.out_features / (8 * threads)));
   const int64_t blocks = (s.out_features + block_rows - 1) / block_rows;
   std::atomic<int64_t> next_block{0};
-  at::parallel_for(0, std::min<int64_t>(blocks, at::get_num_threads()), 1, [&](int64_t, int64_t) {
-    std::vector<int64_t> scratch((quant_linear_scratch_bytes(s) + 7) / 8 + 8);
+  at::parallel_for(0, std::min<int64_t>(blocks, threads), 1, [&](int64_t, int64_t) {
+    void* mine = thread_scratch + at::get_thread_num() * thread_scratch_bytes;
     for (int64_t b = next_block++; b < blocks; b = next_block++) {
-      if (!kernel(args, b * block_rows, std::min(s.out_features, (b + 1) * block_rows), scratch.data())) ok = false;
+      if (!kernel(args, b * block_rows, std::min(s.out_features, (b + 1) * block_rows), mine)) ok = false;
     }
   });
   TORCH_CHECK(ok.load(), "quant_linear: hi_groups rows must hold strictly ascending group indices in [0, ", s.groups, ")");
-  if (x.scalar_type() != at::kFloat) out = out.to(x.scalar_type());
-  return out.reshape(out_shape);
+  store_output(out_f32, rows * s.out_features, out);
+  return out;
 }
 
 }  // namespace
