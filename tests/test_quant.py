@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -279,6 +280,21 @@ def test_linear_strips_refuse_bad_hi_groups(strip_isa):
             quant.linear(torch.randn(QUANT_STRIP_MIN_ROWS, 256), broken)
     finally:
         lmkernels.set_cpu_isa(None)
+
+
+@pytest.mark.parametrize("position", [0, 29, 30, 31, 61, 68])
+def test_linear_row_kernels_refuse_unordered_hi_groups(isa, position):
+    # 70 4-bit groups per row: the row check's vector steps (31 neighbour pairs each) and their
+    # edges; equal neighbours are as wrong as descending ones.
+    q = quant.quantize(student_t(4, 3200), frac_4bit=0.7)
+    assert q.num_4bit_groups == 70
+    x = torch.randn(1, 3200)
+    quant.linear(x, q)
+    bad = q.hi_groups.clone()
+    bad[2, position + 1] = bad[2, position]
+    broken = dataclasses.replace(q, hi_groups=bad)
+    with pytest.raises(RuntimeError, match="strictly ascending"):
+        quant.linear(x, broken)
 
 
 def test_linear_is_thread_count_invariant():

@@ -43,6 +43,10 @@
 
 #include <cstdint>
 
+#if defined(__AVX512BW__)
+#include <immintrin.h>
+#endif
+
 #include "quant/quant_linear_kernel.h"
 
 namespace lmkernels {
@@ -83,7 +87,7 @@ struct UnitScales {
 
 LMK_INLINE void min_sums_scalar(const uint8_t* scales, const int16_t* xsum, const QuantShape& s, int64_t first_block,
                                 int32_t* msum) {
-  const int64_t groups_per_super = kQuantSuperBlock / s.group_size;
+  const int64_t groups_per_super = kQuantSuperBlock >> __builtin_ctzll(static_cast<uint64_t>(s.group_size));  // no idiv per row
   for (int64_t b = first_block; b < s.super_blocks; ++b) {
     const int64_t g0 = b * groups_per_super, g1 = g0 + groups_per_super < s.groups ? g0 + groups_per_super : s.groups;
     int32_t sum = 0;
@@ -112,8 +116,22 @@ LMK_INLINE float min_term_lanes(const int32_t* msum, const float* d_dmin, const 
 // entry >= 0 and a last < groups. Written without a loop-carried chain so that it vectorizes.
 LMK_INLINE bool hi_groups_valid(const QuantShape& s, const int16_t* hi_groups) {
   if (s.num_hi == 0) return true;
+#if defined(__AVX512BW__)
+  // 31 neighbour pairs per masked compare (entries j + 1 .. j + 31 against j .. j + 30); the
+  // compiler's vectorization of the loop below spent more on its prologue and tail than the
+  // 26 entries of a 4096-wide row take.
+  __mmask32 descending = 0;
+  for (int64_t j = 0; j + 1 < s.num_hi; j += 31) {
+    const int64_t pairs = s.num_hi - 1 - j < 31 ? s.num_hi - 1 - j : 31;
+    const __mmask32 lanes = static_cast<__mmask32>((uint32_t{1} << pairs) - 1);
+    const __m512i cur = _mm512_maskz_loadu_epi16(lanes, hi_groups + j);
+    const __m512i next = _mm512_maskz_loadu_epi16(lanes, hi_groups + j + 1);
+    descending |= _mm512_mask_cmple_epi16_mask(lanes, next, cur);
+  }
+#else
   int descending = 0;
   for (int64_t j = 1; j < s.num_hi; ++j) descending |= hi_groups[j] <= hi_groups[j - 1];
+#endif
   return !descending && hi_groups[0] >= 0 && hi_groups[s.num_hi - 1] < s.groups;
 }
 
