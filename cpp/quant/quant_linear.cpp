@@ -136,19 +136,12 @@ void quant_linear_strips(const QuantShape& s, const QuantizedActivations& qa, co
 }
 #endif
 
-// The float results of rows [0, rows) into out's dtype (what Tensor::to does, bit for bit,
-// without its dispatch).
+// The float results into out's dtype, where that is 16-bit (fp32: the kernels wrote to out).
 void store_output(const float* y, int64_t count, at::Tensor& out) {
-  switch (storage_dtype(out.scalar_type())) {
-    case StorageDtype::kBFloat16:
-      for (int64_t i = 0; i < count; ++i) store_elem<StorageDtype::kBFloat16>(out.data_ptr(), i, y[i]);
-      break;
-    case StorageDtype::kFloat16:
-      for (int64_t i = 0; i < count; ++i) store_elem<StorageDtype::kFloat16>(out.data_ptr(), i, y[i]);
-      break;
-    default:
-      break;  // fp32: the kernels wrote straight into out
-  }
+  if (out.scalar_type() == at::kFloat) return;
+  using Kernel = void (*)(const float*, int64_t, StorageDtype, void*);
+  const Kernel kernel = pick_for_isa<Kernel>(LMK_ISA_KERNELS(round_outputs_));
+  kernel(y, count, storage_dtype(out.scalar_type()), out.data_ptr());
 }
 
 at::Tensor quant_linear_cpu(const at::Tensor& x, const at::Tensor& codes_lo, const at::Tensor& codes_hi,

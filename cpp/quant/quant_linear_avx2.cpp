@@ -74,4 +74,8 @@ void quantize_activation_rows_avx2(const ActivationQuantArgs& args, int64_t begi
   quantize_activations(args, begin, end, row);
 }
 
+void round_outputs_avx2(const float* y, int64_t count, StorageDtype dtype, void* out) {
+  round_outputs(y, count, dtype, out);
+}
+
 }  // namespace lmkernels

@@ -70,4 +70,8 @@ void quantize_activation_rows_avx512(const ActivationQuantArgs& args, int64_t be
   quantize_activations(args, begin, end, row);
 }
 
+void round_outputs_avx512(const float* y, int64_t count, StorageDtype dtype, void* out) {
+  round_outputs(y, count, dtype, out);
+}
+
 }  // namespace lmkernels

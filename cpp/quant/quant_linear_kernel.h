@@ -94,6 +94,11 @@ void quantize_activation_rows_scalar(const ActivationQuantArgs& args, int64_t be
 void quantize_activation_rows_avx2(const ActivationQuantArgs& args, int64_t begin, int64_t end, float* row);
 void quantize_activation_rows_avx512(const ActivationQuantArgs& args, int64_t begin, int64_t end, float* row);
 
+// y[0, count) rounded into `out` of 16-bit dtype `dtype` as Tensor::to rounds (fp32: nothing).
+void round_outputs_scalar(const float* y, int64_t count, StorageDtype dtype, void* out);
+void round_outputs_avx2(const float* y, int64_t count, StorageDtype dtype, void* out);
+void round_outputs_avx512(const float* y, int64_t count, StorageDtype dtype, void* out);
+
 // Per-thread scratch a kernel needs for out_features rows [begin, end), in bytes.
 LMK_INLINE int64_t quant_linear_scratch_bytes(const QuantShape& s) {
   // (d, dmin) pairs, and the block scales, min sums and float lanes of 4 rows, each rounded up

@@ -82,4 +82,8 @@ void quantize_activation_rows_scalar(const ActivationQuantArgs& args, int64_t be
   quantize_activations(args, begin, end, row);
 }
 
+void round_outputs_scalar(const float* y, int64_t count, StorageDtype dtype, void* out) {
+  round_outputs(y, count, dtype, out);
+}
+
 }  // namespace lmkernels
