@@ -1,5 +1,6 @@
-// Activation quantization (and output rounding) for quant_linear's kernels, compiled per ISA (included by
-// quant_linear_{scalar,avx2,avx512}.cpp, which the compiler vectorizes with their own flags).
+// Activation quantization and output rounding for quant_linear's kernels, compiled per ISA
+// (included by quant_linear_{scalar,avx2,avx512}.cpp, which the compiler vectorizes with their
+// own flags).
 // Every step is exact or the same float op on every path (integer absmax, x * inverse scale,
 // round half to even by the 1.5 * 2^23 trick), so every ISA gives the same codes.
 #pragma once
