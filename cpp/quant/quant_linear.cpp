@@ -1,7 +1,6 @@
 // quant_linear on CPU: activation quantization, threads over output rows, ISA choice.
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -96,22 +95,29 @@ using StripsKernel = bool (*)(const QuantStripArgs&, int64_t, int64_t, void*);
 // with every row (the strip path unpacks the weight once and runs an int8 GEMM on it).
 constexpr int64_t kQuantStripMinRows = 8;
 
+// Bytes the strip path takes from the call's scratch for `rows` activation rows.
+int64_t strip_scratch_bytes(const QuantShape& s, int64_t rows, int64_t threads) {
+  const int64_t x_stride = quant_round_up(rows, kQuantStripCols);
+  return CallScratch::bytes_for({x_stride * s.super_blocks * kQuantSuperBlock, s.super_blocks * x_stride * 4,
+                                 s.groups * x_stride * 4, threads * quant_round_up(quant_strip_scratch_bytes(s), 64)});
+}
+
 void quant_linear_strips(const QuantShape& s, const QuantizedActivations& qa, const QuantLinearArgs& packed,
-                         const at::TensorOptions& opts) {
-  const int64_t rows = packed.rows, S = s.super_blocks;
-  const int64_t m_tiles = (rows + kQuantStripCols - 1) / kQuantStripCols, x_stride = m_tiles * kQuantStripCols;
-  at::Tensor tiles = at::zeros({m_tiles * S * kQuantSuperBlock * kQuantStripCols}, opts.dtype(at::kChar));
+                         CallScratch& scratch) {
+  const int64_t rows = packed.rows, S = s.super_blocks, threads = at::get_num_threads();
+  const int64_t x_stride = quant_round_up(rows, kQuantStripCols), tile_bytes = x_stride * S * kQuantSuperBlock;
+  int8_t* tiles = scratch.take<int8_t>(tile_bytes);
+  std::memset(tiles, 0, static_cast<size_t>(tile_bytes));
   at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
-    quant_strip_activation_tiles(qa.codes, begin, end, S, tiles.data_ptr<int8_t>());
+    quant_strip_activation_tiles(qa.codes, begin, end, S, tiles);
   });
   // The activations' block scales and, for the min term, each group's block scale times its
   // code sum, transposed to [block or group][activation row] and zero padded (plain loops: a
   // handful of small torch ops cost more than the products at a few rows).
-  at::Tensor xscale_t = at::empty({S, x_stride}, opts), group_sums = at::empty({s.groups, x_stride}, opts);
+  float* xs = scratch.take<float>(S * x_stride);
+  float* gs = scratch.take<float>(s.groups * x_stride);
   const float* scales = qa.scales;
   const int16_t* sums = qa.sums;
-  float* xs = xscale_t.data_ptr<float>();
-  float* gs = group_sums.data_ptr<float>();
   const int64_t S8 = quant_combine_stride(S);
   for (int64_t b = 0; b < S; ++b) {
     for (int64_t m = 0; m < x_stride; ++m) xs[b * x_stride + m] = m < rows ? scales[m * S8 + b] : 0.0f;
@@ -122,15 +128,17 @@ void quant_linear_strips(const QuantShape& s, const QuantizedActivations& qa, co
       gs[g * x_stride + m] = m < rows ? scales[m * S8 + b] * static_cast<float>(sums[m * s.groups + g]) : 0.0f;
     }
   }
-  const QuantStripArgs args{packed, tiles.data_ptr<int8_t>(), xscale_t.data_ptr<float>(), group_sums.data_ptr<float>(),
-                                x_stride};
+  const QuantStripArgs args{packed, tiles, xs, gs, x_stride};
   const StripsKernel kernel = active_isa() == CpuIsa::kAmx ? quant_linear_strips_amx : quant_linear_strips_avx512_vnni;
   const int64_t strips = (s.out_features + kQuantStripRows - 1) / kQuantStripRows;
+  const int64_t thread_scratch_bytes = quant_round_up(quant_strip_scratch_bytes(s), 64);
+  char* thread_scratch = scratch.take<char>(threads * thread_scratch_bytes);
   std::atomic<bool> ok{true};
   at::parallel_for(0, strips, 1, [&](int64_t begin, int64_t end) {
-    std::vector<int64_t> scratch((quant_strip_scratch_bytes(s) + 7) / 8);
     const int64_t last = std::min(end * kQuantStripRows, s.out_features);
-    if (!kernel(args, begin * kQuantStripRows, last, scratch.data())) ok = false;
+    if (!kernel(args, begin * kQuantStripRows, last, thread_scratch + at::get_thread_num() * thread_scratch_bytes)) {
+      ok = false;
+    }
   });
   TORCH_CHECK(ok.load(), "quant_linear: hi_groups rows must hold strictly ascending group indices in [0, ", s.groups, ")");
 }
@@ -167,13 +175,24 @@ at::Tensor quant_linear_cpu(const at::Tensor& x, const at::Tensor& codes_lo, con
   }
 
   const bool pairs = active_isa() >= CpuIsa::kAvx512Vnni;
+#ifndef LMKERNELS_NO_X86_SIMD
+  const bool strips = pairs && rows >= kQuantStripMinRows;
+#else
+  const bool strips = false;
+#endif
   const int64_t S8 = quant_combine_stride(s.super_blocks), row_codes = s.super_blocks * kQuantSuperBlock;
   const int64_t threads = at::get_num_threads();
   const bool float_out = x.scalar_type() == at::kFloat;
   const int64_t thread_scratch_bytes = quant_round_up(quant_linear_scratch_bytes(s), 64);
+  // What both paths take, then what only the chosen one takes (the row path: the pairs copy
+  // and per-thread row scratch).
+  int64_t path_bytes = CallScratch::bytes_for({pairs ? rows * row_codes : 0, threads * thread_scratch_bytes});
+#ifndef LMKERNELS_NO_X86_SIMD
+  if (strips) path_bytes = strip_scratch_bytes(s, rows, threads);
+#endif
   CallScratch scratch(CallScratch::bytes_for({rows * row_codes, rows * S8 * 4, rows * s.groups * 2,
-                                              pairs ? rows * row_codes : 0, float_out ? 0 : rows * s.out_features * 4,
-                                              threads * row_codes * 4, threads * thread_scratch_bytes}));
+                                              float_out ? 0 : rows * s.out_features * 4, threads * row_codes * 4}) +
+                      path_bytes);
   const QuantizedActivations qa{scratch.take<int8_t>(rows * row_codes), scratch.take<float>(rows * S8),
                                 scratch.take<int16_t>(rows * s.groups)};
   float* out_f32 = float_out ? out.data_ptr<float>() : scratch.take<float>(rows * s.out_features);
@@ -193,8 +212,8 @@ at::Tensor quant_linear_cpu(const at::Tensor& x, const at::Tensor& codes_lo, con
   args.xscale = qa.scales;
   args.xsum = qa.sums;
 #ifndef LMKERNELS_NO_X86_SIMD
-  if (active_isa() >= CpuIsa::kAvx512Vnni && rows >= kQuantStripMinRows) {
-    quant_linear_strips(s, qa, args, x.options().dtype(at::kFloat));
+  if (strips) {
+    quant_linear_strips(s, qa, args, scratch);
     store_output(out_f32, rows * s.out_features, out);
     return out;
   }
