@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from conftest import devices
+from conftest import CUDA, devices
 from reference import QUANT_STRIP_ISAS, QUANT_STRIP_MIN_ROWS
 from reference import dequantize_packed, group_ranges
 
@@ -328,6 +328,48 @@ def test_linear_zero_rows_and_devices(device):
     x = torch.randn(3, 64, device=device)
     ref = torch.nn.functional.linear(x, quant.dequantize(q))
     assert nmse(quant.linear(x, q), ref) <= 5e-4
+
+
+needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a GPU and a CUDA build")
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("m", [1, 2, 3, 5, 8, 9, 33])
+@pytest.mark.parametrize("n,k,group_size,frac_4bit", [(17, 300, 32, 0.25), (64, 1024, 32, 0.2), (9, 20, 32, 1.0),
+                                                      (33, 640, 64, 0.0), (8, 1000, 128, 0.5), (5, 512, 256, 0.25)])
+def test_linear_cuda_matches_dequantized_weight_and_cpu(dtype, m, n, k, group_size, frac_4bit):
+    q = quant.quantize(student_t(n, k), group_size=group_size, frac_4bit=frac_4bit)
+    x = torch.randn(m, k).to(dtype)
+    bias = torch.randn(n)
+    got = quant.linear(x.cuda(), q.to("cuda"), bias.cuda())
+    assert got.device.type == "cuda" and got.dtype == dtype and got.shape == (m, n)
+    ref = torch.nn.functional.linear(x.float(), quant.dequantize(q), bias)
+    assert nmse(got.cpu(), ref) <= 5e-4
+    if m <= 8:
+        # The GEMV takes the CPU's int8 activations and exact integer sums; only the fp32 order
+        # of combining them (and so a 16-bit output's last bit) differs.
+        assert nmse(got.cpu(), quant.linear(x, q, bias)) <= (1e-10 if dtype == torch.float32 else 1e-4)
+
+
+@needs_cuda
+@pytest.mark.parametrize("m", [1, 12])
+def test_linear_cuda_nan_activation_poisons_its_row(m):
+    q = quant.quantize(student_t(24, 512)).to("cuda")
+    x = torch.randn(m, 512, device="cuda")
+    x[0, 7] = float("nan")
+    y = quant.linear(x, q)
+    assert y[0].isnan().all() and not y[1:].isnan().any()
+
+
+@needs_cuda
+def test_linear_cuda_batched_path_spans_several_panels():
+    # 600 x 65536 weights: more than one dequantized panel (2^25 elements), the last partial.
+    q = quant.quantize(torch.randn(600, 65536) * 0.02, group_size=128)
+    x = torch.randn(12, 65536, dtype=torch.bfloat16)
+    got = quant.linear(x.cuda(), q.to("cuda"))
+    ref = torch.nn.functional.linear(x.float(), quant.dequantize(q))
+    assert nmse(got.cpu(), ref) <= 5e-4
 
 
 # ---- modules, save/load, compile ---------------------------------------------------------

@@ -84,6 +84,26 @@ LMK_INLINE LMK_HOST_DEVICE void set_unit_code(uint8_t* plane, int64_t unit, int 
   byte = static_cast<uint8_t>((byte & ~(3 << shift)) | ((code & 3) << shift));
 }
 
+// Word forms of the code access, for kernels that take 4 weights per step (the scalar CPU path,
+// the CUDA GEMV's dp4a): bytes 4j .. 4j + 3 of a quad, read as a little-endian word, give
+// weights 4j .. 4j + 3 of unit `unit_in_quad`, one code per byte.
+LMK_INLINE LMK_HOST_DEVICE uint32_t unit_code_word(uint32_t quad_word, int unit_in_quad) {
+  return (quad_word >> (2 * unit_in_quad)) & 0x03030303u;
+}
+
+// acc + the dot product of 4 codes (one per byte, 0..15) with 4 int8 activations: one dp4a
+// on CUDA (a code byte read as signed is the same value).
+LMK_INLINE LMK_HOST_DEVICE int32_t code_word_dot(uint32_t codes, uint32_t x, int32_t acc) {
+#if defined(__CUDA_ARCH__)
+  return __dp4a(static_cast<int>(codes), static_cast<int>(x), acc);
+#else
+  for (int t = 0; t < 4; ++t) {
+    acc += static_cast<int32_t>((codes >> (8 * t)) & 0xffu) * static_cast<int32_t>(static_cast<int8_t>(x >> (8 * t)));
+  }
+  return acc;
+#endif
+}
+
 LMK_INLINE LMK_HOST_DEVICE int scale_code(uint8_t packed) { return packed & 15; }
 LMK_INLINE LMK_HOST_DEVICE int min_code(uint8_t packed) { return packed >> 4; }
 

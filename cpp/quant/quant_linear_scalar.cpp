@@ -1,19 +1,22 @@
 // Scalar path of quant_linear: the reference the SIMD paths must match bit for bit. It keeps
 // the SIMD paths' 8 lanes (lane j: weights 4j .. 4j + 3 of every unit) so that the float steps
 // are the same.
+#include <cstring>
+
 #include "quant/quant_activations.h"
 #include "quant/quant_linear_rows.h"
 
 namespace lmkernels {
 namespace {
 
-// The 8 lane sums of one unit's 32 codes (code(j) for weight j) against its activations.
-template <class Code>
-LMK_INLINE void unit_lanes(Code code, const int8_t* x, int32_t scale, int32_t* lanes) {
+// The 8 lane sums of one unit's 32 codes (unit `unit_in_quad` of `quad`) against its
+// activations, through the word helpers the CUDA GEMV uses (so these tests cover them).
+LMK_INLINE void unit_lanes(const uint8_t* quad, int unit_in_quad, const int8_t* x, int32_t scale, int32_t* lanes) {
   for (int j = 0; j < 8; ++j) {
-    int32_t dot = 0;
-    for (int t = 4 * j; t < 4 * j + 4; ++t) dot += code(t) * x[t];
-    lanes[j] += scale * dot;
+    uint32_t codes, xs;
+    std::memcpy(&codes, quad + 4 * j, 4);
+    std::memcpy(&xs, x + 4 * j, 4);
+    lanes[j] += scale * code_word_dot(unit_code_word(codes, unit_in_quad), xs, 0);
   }
 }
 
@@ -31,7 +34,8 @@ struct ScalarOps {
       for (int64_t b = 0; b * kQuantSuperUnits < units; ++b) {
         int32_t ints[8] = {0, 0, 0, 0, 0, 0, 0, 0};
         for (int64_t u = b * kQuantSuperUnits; u < units && u < (b + 1) * kQuantSuperUnits; ++u) {
-          unit_lanes([&](int t) { return unit_code(lo, u, t); }, x[m] + u * kQuantUnit, unit_scales[u], ints);
+          unit_lanes(lo + u / kQuantQuadUnits * kQuantQuadBytes, static_cast<int>(u % kQuantQuadUnits),
+                     x[m] + u * kQuantUnit, unit_scales[u], ints);
         }
         accumulate_lanes(ints, dx[m][b], lane[m]);
       }
@@ -48,8 +52,8 @@ struct ScalarOps {
       const uint64_t unit = high_unit<UPG>(hi_groups, static_cast<uint64_t>(i));
       for (int m = 0; m < MC; ++m) {
         int32_t ints[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-        unit_lanes([&](int t) { return unit_code(quad, static_cast<int>(h % kQuantQuadUnits), t); },
-                   x[m] + unit_x_offset<kPairs>(unit), 4 * unit_scales[static_cast<int64_t>(unit)], ints);
+        unit_lanes(quad, static_cast<int>(h % kQuantQuadUnits), x[m] + unit_x_offset<kPairs>(unit),
+                   4 * unit_scales[static_cast<int64_t>(unit)], ints);
         accumulate_lanes(ints, dx[m][unit / kQuantSuperUnits], lane[m]);
       }
     }

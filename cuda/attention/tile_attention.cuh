@@ -14,6 +14,8 @@
 #include <cstdint>
 #include <cstring>
 
+#include "common/async_copy.cuh"
+
 namespace lmkernels::attention::tile {
 
 constexpr int kRows = 64;  // query rows per CTA, 16 per warp
@@ -66,26 +68,6 @@ template <>
 __device__ inline __half to_storage<__half>(float x) { return __float2half_rn(x); }
 template <>
 __device__ inline __nv_bfloat16 to_storage<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
-
-__device__ inline void cp_async16(void* smem_dst, const void* global_src) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem_dst));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(global_src));
-#else
-  *static_cast<uint4*>(smem_dst) = *static_cast<const uint4*>(global_src);
-#endif
-}
-__device__ inline void cp_async_commit() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm volatile("cp.async.commit_group;\n" ::);
-#endif
-}
-template <int kPending>
-__device__ inline void cp_async_wait() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
-#endif
-}
 
 // Fills a [64][kLd] tile of 16-bit elements: row r from row_src(r) (nullptr: a zero row), its
 // first `dim` elements, zeros up to kDim. Zero rows and columns keep masked keys' V finite and
