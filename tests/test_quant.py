@@ -363,6 +363,16 @@ def test_linear_cuda_nan_activation_poisons_its_row(m):
 
 
 @needs_cuda
+@pytest.mark.parametrize("m", [2, 12])  # the GEMV and the batched path
+def test_opcheck_cuda(m):
+    q = quant.quantize(student_t(24, 200), frac_4bit=0.3).to("cuda")
+    torch.library.opcheck(ops.dequantize_weight, (*q.tensors(), q.in_features, q.group_size))
+    x = torch.randn(m, 200, device="cuda", dtype=torch.bfloat16)
+    bias = torch.randn(24, device="cuda")
+    torch.library.opcheck(ops.quant_linear, (x, *q.tensors(), bias, q.in_features, q.group_size))
+
+
+@needs_cuda
 def test_linear_cuda_batched_path_spans_several_panels():
     # 600 x 65536 weights: more than one dequantized panel (2^25 elements), the last partial.
     q = quant.quantize(torch.randn(600, 65536) * 0.02, group_size=128)
