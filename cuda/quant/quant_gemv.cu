@@ -143,7 +143,8 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
     const float dsc = 4.0f * f16_to_f32(supers[2 * block]) * static_cast<float>(scale_code(scales[g]));
 #pragma unroll
     for (int m = 0; m < MC; ++m) {
-      const int32_t dot = words_dot<8>(words, static_cast<int>(index % kQuantQuadUnits), xq + m * x_stride + u * kQuantUnit);
+      const int8_t* x = xq + m * x_stride + u * kQuantUnit;
+      const int32_t dot = words_dot<8>(words, static_cast<int>(index % kQuantQuadUnits), x);
       acc[m] = fmaf(dsc * xscale[m * S + block], static_cast<float>(dot), acc[m]);
     }
   }

@@ -39,7 +39,7 @@ DevicePacked device_packed(const QuantShape& s, const PackedWeight& p) {
           reinterpret_cast<const uint16_t*>(p.super_scales.data_ptr<at::Half>())};
 }
 
-// Rows [row0, row0 + out rows) of the weight, one thread per (row, unit), in storage dtype D.
+// Rows [row0, row0 + rows) of the weight, one thread per (row, unit), in storage dtype D.
 template <StorageDtype D>
 __global__ void dequantize_kernel(DevicePacked w, int64_t row0, int64_t rows, void* out) {
   const QuantShape& s = w.s;
@@ -89,7 +89,8 @@ at::Tensor dequantize_weight_cuda(const at::Tensor& codes_lo, const at::Tensor& 
 // to x's dtype (tensor-core GEMMs in bf16/fp16), the panel buffer reused.
 void quant_linear_panels(const DevicePacked& w, const at::Tensor& x2, at::Tensor& out) {
   const QuantShape& s = w.s;
-  const int64_t panel_rows = std::min<int64_t>(s.out_features, std::max<int64_t>(256, kPanelElements / std::max<int64_t>(1, s.in_features)));
+  const int64_t fit = kPanelElements / std::max<int64_t>(1, s.in_features);
+  const int64_t panel_rows = std::min<int64_t>(s.out_features, std::max<int64_t>(256, fit));
   at::Tensor panel = at::empty({panel_rows, s.in_features}, x2.options());
   with_storage_dtype(x2.scalar_type(), [&](auto tag) {
     for (int64_t r0 = 0; r0 < s.out_features; r0 += panel_rows) {
@@ -117,7 +118,9 @@ at::Tensor quant_linear_cuda(const at::Tensor& x, const at::Tensor& codes_lo, co
   if (rows == 0 || s.out_features == 0) return out.reshape(out_shape);
   // The GEMV's 16-byte loads need 16-byte aligned code planes: a view at an odd offset gets
   // an aligned copy (fresh allocations always are).
-  auto aligned16 = [](const at::Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0 ? t : t.clone(); };
+  auto aligned16 = [](const at::Tensor& t) {
+    return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0 ? t : t.clone();
+  };
   const at::Tensor lo = aligned16(codes_lo), hi = aligned16(codes_hi);
   const DevicePacked w = device_packed(s, {lo, hi, hi_groups, scales, super_scales});
   if (rows > kQuantGemvMaxRows) {

@@ -176,9 +176,10 @@ def linear(x: torch.Tensor, qweight: QuantizedWeight, bias: torch.Tensor | None 
         x: ``[..., in_features]`` float32/bfloat16/float16 on the weight's device.
         bias: optional ``[out_features]``.
 
-    Returns ``[..., out_features]`` in x's dtype. On CPU each activation row is quantized to
-    int8 per 256-wide block (absmax), so results match the float product within about 1e-4
-    relative mean squared error.
+    Returns ``[..., out_features]`` in x's dtype. On CPU, and on CUDA up to 8 rows, each
+    activation row is quantized to int8 per 256-wide block (absmax), so results match the float
+    product within about 1e-4 relative mean squared error; larger CUDA batches multiply by the
+    weight dequantized to x's dtype.
     """
     _check_qweight(qweight, "linear")
     if not isinstance(x, torch.Tensor):
