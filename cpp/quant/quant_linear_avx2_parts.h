@@ -165,9 +165,7 @@ struct Avx2Common {
       const __m256 m = _mm256_cvtepi32_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(msum + b)));
       acc = _mm256_add_ps(acc, _mm256_mul_ps(scale, m));
     }
-    alignas(32) float lane[8];
-    _mm256_store_ps(lane, acc);
-    return lane_tree(lane);
+    return lane_tree_vector(acc);
   }
 
   static void decode_halves(const uint16_t* src, float* dst, int64_t count) {
