@@ -119,26 +119,19 @@ struct Avx2Common {
     for (int m = 0; m < MC; ++m) _mm256_storeu_ps(lane[m], acc[m]);
   }
 
-  // Group size 32 (eight groups per super-block): eight blocks per step from four madds and
-  // a tree of hadds; other group sizes and the tail take the scalar loop.
-  static void min_sums(const uint8_t* scales, const int16_t* xsum, const QuantShape& s, int32_t* msum) {
-    int64_t b = 0;
-    if (s.group_size == 32) {
-      const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
-      for (; (b + 8) * 8 <= s.groups; b += 8) {
-        __m256i v[4];
-        for (int i = 0; i < 4; ++i) {
-          const int64_t g = b * 8 + 16 * i;
-          const __m256i codes = _mm256_srli_epi16(
-              _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(scales + g))), 4);
-          v[i] = _mm256_madd_epi16(codes, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xsum + g)));
-        }
-        // [b0 b2 b4 b6 | b1 b3 b5 b7] after three levels, then back into block order.
-        const __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(msum + b), _mm256_permutevar8x32_epi32(h, order));
-      }
+  // msum of blocks b .. b + 7 at group size 32 (eight groups per block): four madds and a
+  // tree of hadds.
+  static __m256i chunk_min_sums(const uint8_t* scales, const int16_t* xsum, int64_t b) {
+    __m256i v[4];
+    for (int i = 0; i < 4; ++i) {
+      const int64_t g = b * 8 + 16 * i;
+      const __m256i codes = _mm256_srli_epi16(
+          _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(scales + g))), 4);
+      v[i] = _mm256_madd_epi16(codes, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xsum + g)));
     }
-    min_sums_scalar(scales, xsum, s, b, msum);
+    // [b0 b2 b4 b6 | b1 b3 b5 b7] after three levels, then back into block order.
+    const __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
+    return _mm256_permutevar8x32_epi32(h, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
   }
 
   // d (kOdd false) or dmin (true) of blocks b .. b + 7 from their (d, dmin) pairs: the
@@ -157,13 +150,23 @@ struct Avx2Common {
     }
   }
 
-  // min_term_lanes() with 8-wide vectors: the same products, sums and reduction tree.
-  static float min_term(const int32_t* msum, const float* d_dmin, const float* xscale, int64_t S) {
+  // min_sums_scalar() then min_term_lanes() with 8-wide vectors: the same products, sums and
+  // reduction tree. At group size 32 each 8-block chunk's sums stay in registers; other group
+  // sizes and the tail go through msum.
+  static float min_term(const uint8_t* scales, const int16_t* xsum, const QuantShape& s, const float* d_dmin,
+                        const float* xscale, int32_t* msum) {
     __m256 acc = _mm256_setzero_ps();
-    for (int64_t b = 0; b < quant_combine_stride(S); b += 8) {
+    auto add_chunk = [&](int64_t b, __m256i sums) {
       const __m256 scale = _mm256_mul_ps(of_pairs<true>(d_dmin + 2 * b), _mm256_loadu_ps(xscale + b));
-      const __m256 m = _mm256_cvtepi32_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(msum + b)));
-      acc = _mm256_add_ps(acc, _mm256_mul_ps(scale, m));
+      acc = _mm256_add_ps(acc, _mm256_mul_ps(scale, _mm256_cvtepi32_ps(sums)));
+    };
+    int64_t b = 0;
+    if (s.group_size == 32) {
+      for (; (b + 8) * 8 <= s.groups; b += 8) add_chunk(b, chunk_min_sums(scales, xsum, b));
+    }
+    min_sums_scalar(scales, xsum, s, b, msum);
+    for (; b < quant_combine_stride(s.super_blocks); b += 8) {
+      add_chunk(b, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(msum + b)));
     }
     return lane_tree_vector(acc);
   }

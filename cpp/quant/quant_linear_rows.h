@@ -33,10 +33,10 @@
 //     H[j] = 4 * unit_scales[u] * <codes of unit i, x[m] + unit_x_offset<kPairs>(u)> over weights 4j .. 4j + 3
 //   static void block_scales(const float* d_dmin, const float* xscale, int64_t S, float* dx)
 //     dx[b] = d_dmin[2b] * xscale[b] for b < quant_combine_stride(S)
-//   static void min_sums(const uint8_t* scales, const int16_t* xsum, const QuantShape& s, int32_t* msum)
-//     msum[b] = sum over super-block b's groups of min_code(scales[g]) * xsum[g]
-//   static float min_term(const int32_t* msum, const float* d_dmin, const float* xscale, int64_t S)
-//     min_term_lanes() below, bit for bit
+//   static float min_term(const uint8_t* scales, const int16_t* xsum, const QuantShape& s,
+//                         const float* d_dmin, const float* xscale, int32_t* msum)
+//     min_term_lanes() below, bit for bit, of msum[b] = sum over super-block b's groups of
+//     min_code(scales[g]) * xsum[g] (msum: scratch of quant_combine_stride(S), zero padded)
 //   static void decode_halves(const uint16_t* src, float* dst, int64_t count)
 // Everything else (hi_groups checks, padding, bias, prefetching) is here, once.
 #pragma once
@@ -206,9 +206,9 @@ void row_chunk(const QuantLinearArgs& a, int64_t n, int64_t m0, const RowScratch
 
   const uint8_t* scales = a.scales + n * s.groups;
   for (int m = 0; m < MC; ++m) {
-    int32_t* msum = rs.msum + m * S8;
-    Ops::min_sums(scales, a.xsum + (m0 + m) * s.groups, s, msum);
-    float y = lane_tree(lane[m]) - Ops::min_term(msum, rs.d_dmin, a.xscale + (m0 + m) * S8, S);
+    const float min = Ops::min_term(scales, a.xsum + (m0 + m) * s.groups, s, rs.d_dmin, a.xscale + (m0 + m) * S8,
+                                    rs.msum + m * S8);
+    float y = lane_tree(lane[m]) - min;
     if (a.bias) y = y + a.bias[n];
     a.out[(m0 + m) * s.out_features + n] = y;
   }

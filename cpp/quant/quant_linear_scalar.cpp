@@ -63,12 +63,10 @@ struct ScalarOps {
     for (int64_t b = 0; b < quant_combine_stride(S); ++b) dx[b] = d_dmin[2 * b] * xscale[b];
   }
 
-  static void min_sums(const uint8_t* scales, const int16_t* xsum, const QuantShape& s, int32_t* msum) {
+  static float min_term(const uint8_t* scales, const int16_t* xsum, const QuantShape& s, const float* d_dmin,
+                        const float* xscale, int32_t* msum) {
     min_sums_scalar(scales, xsum, s, 0, msum);
-  }
-
-  static float min_term(const int32_t* msum, const float* d_dmin, const float* xscale, int64_t S) {
-    return min_term_lanes(msum, d_dmin, xscale, S);
+    return min_term_lanes(msum, d_dmin, xscale, s.super_blocks);
   }
 
   static void decode_halves(const uint16_t* src, float* dst, int64_t count) {
