@@ -3,8 +3,6 @@
 
 #include <ATen/core/Tensor.h>
 
-#include <optional>
-
 #include "quant/quant_format.h"
 
 namespace lmkernels {
