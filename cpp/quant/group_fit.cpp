@@ -2,6 +2,7 @@
 #include "quant/group_fit.h"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <stdexcept>
 
@@ -9,22 +10,67 @@
 
 namespace lmkernels {
 
-int group_code(float w, int qmax, GroupFit fit) {
-  if (!(fit.scale > 0.0f)) return 0;
-  const float q = std::nearbyint((w + fit.min) / fit.scale);
-  return static_cast<int>(std::clamp(q, 0.0f, static_cast<float>(qmax)));
+namespace {
+
+// Sums run over kLanes interleaved partial sums in float, added up in a fixed order at the end:
+// each lane is a plain loop the compiler vectorizes (no reassociation is left to it, so the
+// bits do not depend on the vector width). With double sums and a libm nearbyint per weight the
+// fits ran at 12 Mweights/s for a 4096x14336 weight on 2 threads; now about 29.
+constexpr int kLanes = 8;
+
+// nearbyint in the default rounding mode (half to even) for |x| < 2^22, inlined: adding and
+// removing 1.5 * 2^23 leaves no fraction bits.
+inline float round_even(float x) {
+  constexpr float kMagic = 12582912.0f;
+  return (x + kMagic) - kMagic;
 }
 
-double group_sse(const float* w, const float* weight, int n, int qmax, GroupFit fit) {
-  double sse = 0.0;
-  for (int i = 0; i < n; ++i) {
-    const double diff = double(fit.scale) * group_code(w[i], qmax, fit) - fit.min - w[i];
-    sse += (weight ? weight[i] : 1.0) * diff * diff;
+// round(clamp(x)) equals clamp(round(x)) since the bounds are integers, and keeps the rounded
+// value small.
+inline float clamped_code(float x, float qmax) { return round_even(std::min(std::max(x, 0.0f), qmax)); }
+
+// Sums of term(i) = {t_0, .., t_{S-1}} over i in [0, n): whole rounds of kLanes into lane
+// i % kLanes, the rest into one more partial sum.
+template <int S, class Term>
+inline std::array<double, S> lane_sums(int n, Term term) {
+  float acc[S][kLanes] = {};
+  int i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    for (int l = 0; l < kLanes; ++l) {
+      const std::array<float, S> t = term(i + l);
+      for (int k = 0; k < S; ++k) acc[k][l] += t[k];
+    }
   }
-  return sse;
+  std::array<float, S> rest{};
+  for (; i < n; ++i) {
+    const std::array<float, S> t = term(i);
+    for (int k = 0; k < S; ++k) rest[k] += t[k];
+  }
+  std::array<double, S> total{};
+  for (int k = 0; k < S; ++k) {
+    for (int l = 0; l < kLanes; ++l) total[k] += acc[k][l];
+    total[k] += rest[k];
+  }
+  return total;
 }
 
-GroupFit fit_group(const float* w, const float* weight, int n, int qmax) {
+template <bool kWeighted>
+double group_sse_impl(const float* w, const float* weight, int n, float qmax, GroupFit fit) {
+  const float scale = fit.scale, min = fit.min;
+  if (scale > 0.0f) {
+    return lane_sums<1>(n, [&](int i) {
+      const float diff = scale * clamped_code((w[i] + min) / scale, qmax) - min - w[i];
+      return std::array<float, 1>{(kWeighted ? weight[i] : 1.0f) * diff * diff};
+    })[0];
+  }
+  return lane_sums<1>(n, [&](int i) {
+    const float diff = -min - w[i];
+    return std::array<float, 1>{(kWeighted ? weight[i] : 1.0f) * diff * diff};
+  })[0];
+}
+
+template <bool kWeighted>
+GroupFit fit_group_impl(const float* w, const float* weight, int n, int qmax) {
   float lo = 0.0f, hi = -INFINITY;
   for (int i = 0; i < n; ++i) {
     lo = std::min(lo, w[i]);
@@ -32,24 +78,24 @@ GroupFit fit_group(const float* w, const float* weight, int n, int qmax) {
   }
   // Codes start at -min <= 0 (the min is stored unsigned), as in k-quants.
   if (!(hi > lo)) return {0.0f, -lo};
+  const float fqmax = static_cast<float>(qmax);
   GroupFit best{(hi - lo) / qmax, -lo};
-  double best_sse = group_sse(w, weight, n, qmax, best);
+  double best_sse = group_sse_impl<kWeighted>(w, weight, n, fqmax, best);
+  const auto [sw, sx] = lane_sums<2>(n, [&](int i) {
+    const float wi = kWeighted ? weight[i] : 1.0f;
+    return std::array<float, 2>{wi, wi * w[i]};
+  });
   // Candidate ranges around the full one (ggml's make_qkx2_quants grid), each refined by a
   // weighted least-squares solve for (scale, offset) given the codes it rounds to.
   const float rmin = qmax <= 3 ? -0.5f : -1.0f, rdelta = 0.1f;
   const int steps = qmax <= 3 ? 15 : 20;
   for (int step = 0; step <= steps; ++step) {
     const float iscale = (rmin + rdelta * step + qmax) / (hi - lo);
-    double sw = 0, sq = 0, sq2 = 0, sx = 0, sqx = 0;
-    for (int i = 0; i < n; ++i) {
-      const float q = std::clamp(std::nearbyint(iscale * (w[i] - lo)), 0.0f, static_cast<float>(qmax));
-      const double wi = weight ? weight[i] : 1.0;
-      sw += wi;
-      sq += wi * q;
-      sq2 += wi * q * q;
-      sx += wi * w[i];
-      sqx += wi * q * w[i];
-    }
+    const auto [sq, sq2, sqx] = lane_sums<3>(n, [&](int i) {
+      const float q = clamped_code(iscale * (w[i] - lo), fqmax);
+      const float wq = (kWeighted ? weight[i] : 1.0f) * q;
+      return std::array<float, 3>{wq, wq * q, wq * w[i]};
+    });
     const double det = sw * sq2 - sq * sq;
     if (!(det > 0)) continue;
     double scale = (sw * sqx - sq * sx) / det;
@@ -60,13 +106,29 @@ GroupFit fit_group(const float* w, const float* weight, int n, int qmax) {
     }
     if (!(scale > 0)) continue;
     const GroupFit candidate{static_cast<float>(scale), static_cast<float>(-offset)};
-    const double sse = group_sse(w, weight, n, qmax, candidate);
+    const double sse = group_sse_impl<kWeighted>(w, weight, n, fqmax, candidate);
     if (sse < best_sse) {
       best_sse = sse;
       best = candidate;
     }
   }
   return best;
+}
+
+}  // namespace
+
+int group_code(float w, int qmax, GroupFit fit) {
+  if (!(fit.scale > 0.0f)) return 0;
+  return static_cast<int>(clamped_code((w + fit.min) / fit.scale, static_cast<float>(qmax)));
+}
+
+double group_sse(const float* w, const float* weight, int n, int qmax, GroupFit fit) {
+  return weight ? group_sse_impl<true>(w, weight, n, static_cast<float>(qmax), fit)
+                : group_sse_impl<false>(w, nullptr, n, static_cast<float>(qmax), fit);
+}
+
+GroupFit fit_group(const float* w, const float* weight, int n, int qmax) {
+  return weight ? fit_group_impl<true>(w, weight, n, qmax) : fit_group_impl<false>(w, nullptr, n, qmax);
 }
 
 namespace {
