@@ -18,17 +18,6 @@ namespace {
 // fits ran at 12 Mweights/s for a 4096x14336 weight on 2 threads; now about 29.
 constexpr int kLanes = 8;
 
-// nearbyint in the default rounding mode (half to even) for |x| < 2^22, inlined: adding and
-// removing 1.5 * 2^23 leaves no fraction bits.
-inline float round_even(float x) {
-  constexpr float kMagic = 12582912.0f;
-  return (x + kMagic) - kMagic;
-}
-
-// round(clamp(x)) equals clamp(round(x)) since the bounds are integers, and keeps the rounded
-// value small.
-inline float clamped_code(float x, float qmax) { return round_even(std::min(std::max(x, 0.0f), qmax)); }
-
 // Sums of term(i) = {t_0, .., t_{S-1}} over i in [0, n): whole rounds of kLanes into lane
 // i % kLanes, the rest into one more partial sum.
 template <int S, class Term>
@@ -116,11 +105,6 @@ GroupFit fit_group_impl(const float* w, const float* weight, int n, int qmax) {
 }
 
 }  // namespace
-
-int group_code(float w, int qmax, GroupFit fit) {
-  if (!(fit.scale > 0.0f)) return 0;
-  return static_cast<int>(clamped_code((w + fit.min) / fit.scale, static_cast<float>(qmax)));
-}
 
 double group_sse(const float* w, const float* weight, int n, int qmax, GroupFit fit) {
   return weight ? group_sse_impl<true>(w, weight, n, static_cast<float>(qmax), fit)

@@ -147,18 +147,44 @@ void refit_group(const QuantShape& s, int64_t group, const float* row, const flo
                                       f16_to_f32(pair[1]));
 }
 
-float quantize_and_store(const QuantShape& s, const RowPlan& plan, const RowOutputs& out, int64_t k, float w) {
-  const int64_t group = k / s.group_size;
+namespace {
+
+// Where a group's codes go: its grid, decoded once, and its slot in the high plane.
+struct GroupStore {
+  GroupFit fit;
+  int qmax;
+  int64_t hi_first_unit;  // -1 for a 2-bit group
+};
+
+GroupStore group_store(const QuantShape& s, const RowPlan& plan, const RowOutputs& out, int64_t group) {
   const GroupScale gs =
       decode_group_scale(out.scales[group], out.super_scales + 2 * super_block_of_group(group, s.units_per_group));
-  const int q = group_code(w, plan.qmax[group], {gs.scale, gs.min});
-  set_unit_code(out.lo, k / kQuantUnit, static_cast<int>(k % kQuantUnit), q & 3);
   const int64_t rank = plan.hi_rank[group];
-  if (rank >= 0) {
-    const int64_t unit = rank * s.units_per_group + (k % s.group_size) / kQuantUnit;
+  return {{gs.scale, gs.min}, plan.qmax[group], rank >= 0 ? rank * s.units_per_group : -1};
+}
+
+float store_code(const QuantShape& s, const RowOutputs& out, const GroupStore& g, int64_t k, float w) {
+  const int q = group_code(w, g.qmax, g.fit);
+  set_unit_code(out.lo, k / kQuantUnit, static_cast<int>(k % kQuantUnit), q & 3);
+  if (g.hi_first_unit >= 0) {
+    const int64_t unit = g.hi_first_unit + (k % s.group_size) / kQuantUnit;
     out.hi_raw[unit * kQuantUnit + k % kQuantUnit] = static_cast<uint8_t>(q >> 2);
   }
-  return gs.scale * static_cast<float>(q) - gs.min;
+  return g.fit.scale * static_cast<float>(q) - g.fit.min;
+}
+
+}  // namespace
+
+float quantize_and_store(const QuantShape& s, const RowPlan& plan, const RowOutputs& out, int64_t k, float w) {
+  return store_code(s, out, group_store(s, plan, out, k / s.group_size), k, w);
+}
+
+void quantize_and_store_row(const QuantShape& s, const RowPlan& plan, const RowOutputs& out, const float* row) {
+  for (int64_t group = 0; group < s.groups; ++group) {
+    const GroupStore g = group_store(s, plan, out, group);
+    const int64_t end = std::min((group + 1) * s.group_size, s.in_features);
+    for (int64_t k = group * s.group_size; k < end; ++k) store_code(s, out, g, k, row[k]);
+  }
 }
 
 at::Tensor pack_high_plane(const QuantShape& s, const at::Tensor& hi_raw) {

@@ -69,6 +69,9 @@ void refit_group(const QuantShape& s, int64_t group, const float* row, const flo
 // returns the dequantized value.
 float quantize_and_store(const QuantShape& s, const RowPlan& plan, const RowOutputs& out, int64_t k, float w);
 
+// quantize_and_store for every real weight of the row, each group's grid decoded once.
+void quantize_and_store_row(const QuantShape& s, const RowPlan& plan, const RowOutputs& out, const float* row);
+
 // The high plane packed quad by quad from hi_raw (so no two threads write one byte).
 at::Tensor pack_high_plane(const QuantShape& s, const at::Tensor& hi_raw);
 

@@ -35,7 +35,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> quantize_
       try {
         const RowPlan plan = choose_4bit_groups(s, row, idata, how, ro);
         for (int64_t sb = 0; sb < s.super_blocks; ++sb) fit_super_block(s, sb, row, idata, plan, ro);
-        for (int64_t k = 0; k < s.in_features; ++k) quantize_and_store(s, plan, ro, k, row[k]);
+        quantize_and_store_row(s, plan, ro, row);
       } catch (const std::range_error& e) {
         std::lock_guard<std::mutex> lock(error_mutex);
         error = e.what();
