@@ -206,10 +206,12 @@ def test_linear_activations_larger_than_the_kept_scratch(isa):
     assert nmse(quant.linear(x[:1], q), ref[:1]) <= 5e-4
 
 
-@pytest.mark.parametrize("k, group_size, frac_4bit", [(1000, 32, 0.3), (2600, 32, 0.2), (2600, 64, 0.35), (3000, 128, 0.5), (2100, 256, 0.7)])
+@pytest.mark.parametrize("k, group_size, frac_4bit", [(1000, 32, 0.3), (2600, 32, 0.2), (2600, 64, 0.35), (3000, 128, 0.5),
+                                                     (2100, 256, 0.7), (9000, 32, 0.23), (8300, 128, 0.5)])
 def test_linear_every_isa_gives_the_same_bits(k, group_size, frac_4bit):
     # More than 8 super-blocks (several vector steps of the float combination), every units-per-group
-    # case of the high plane's expansion, and rows whose 4-bit units start and end mid-quad.
+    # case of the high plane's expansion, and rows whose 4-bit units start and end mid-quad; rows
+    # over 8192 take the VNNI high pass over the pairs-ordered activations.
     w = student_t(37, k)
     q = quant.quantize(w, group_size=group_size, frac_4bit=frac_4bit)
     x = torch.randn(6, k)
