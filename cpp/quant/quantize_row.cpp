@@ -25,15 +25,16 @@ int real_in_group(const QuantShape& s, int64_t group) {
   return static_cast<int>(std::min(s.group_size, s.in_features - group * s.group_size));
 }
 
-// How much a group gains from 4 bits: its range, or the squared error 4 bits removes.
-double group_priority(const float* w, const float* importance, int n, Select select) {
+// How much a group gains from 4 bits: its range, or the squared error 4 bits removes (the
+// two fits it takes are kept in fit2 and fit4).
+double group_priority(const float* w, const float* importance, int n, Select select, GroupFit* fit2, GroupFit* fit4) {
   if (select == Select::kRange) {
     const auto [lo, hi] = std::minmax_element(w, w + n);
     return double(*hi) - double(*lo);
   }
-  const double e2 = group_sse(w, importance, n, 3, fit_group(w, importance, n, 3));
-  const double e4 = group_sse(w, importance, n, 15, fit_group(w, importance, n, 15));
-  return e2 - e4;
+  *fit2 = fit_group(w, importance, n, 3);
+  *fit4 = fit_group(w, importance, n, 15);
+  return group_sse(w, importance, n, 3, *fit2) - group_sse(w, importance, n, 15, *fit4);
 }
 
 }  // namespace
@@ -100,10 +101,13 @@ RowPlan choose_4bit_groups(const QuantShape& s, const float* row, const float* i
   const int64_t G = s.groups, g = s.group_size;
   std::vector<int64_t> order(G);
   std::iota(order.begin(), order.end(), 0);
+  std::vector<GroupFit> fit2, fit4;
   if (s.num_hi > 0 && s.num_hi < G) {
     std::vector<double> priority(G);
+    if (select == Select::kError) fit2.resize(G), fit4.resize(G);
     for (int64_t i = 0; i < G; ++i) {
-      priority[i] = group_priority(row + i * g, importance ? importance + i * g : nullptr, real_in_group(s, i), select);
+      priority[i] = group_priority(row + i * g, importance ? importance + i * g : nullptr, real_in_group(s, i), select,
+                                   fit2.empty() ? nullptr : &fit2[i], fit4.empty() ? nullptr : &fit4[i]);
     }
     // Highest priority first; ties go to the lower group index so the choice is deterministic.
     std::partial_sort(order.begin(), order.begin() + s.num_hi, order.end(), [&](int64_t a, int64_t b) {
@@ -111,17 +115,21 @@ RowPlan choose_4bit_groups(const QuantShape& s, const float* row, const float* i
     });
     std::sort(order.begin(), order.begin() + s.num_hi);
   }
-  RowPlan plan{std::vector<int>(G, 3), std::vector<int64_t>(G, -1)};
+  RowPlan plan{std::vector<int>(G, 3), std::vector<int64_t>(G, -1), {}};
   for (int64_t j = 0; j < s.num_hi; ++j) {
     plan.qmax[order[j]] = 15;
     plan.hi_rank[order[j]] = j;
     out.hi_groups[j] = static_cast<int16_t>(order[j]);
   }
+  if (!fit2.empty()) {
+    plan.fits.resize(G);
+    for (int64_t i = 0; i < G; ++i) plan.fits[i] = plan.qmax[i] == 15 ? fit4[i] : fit2[i];
+  }
   return plan;
 }
 
 void fit_super_block(const QuantShape& s, int64_t sb, const float* row, const float* importance, const RowPlan& plan,
-                     const RowOutputs& out) {
+                     const RowOutputs& out, bool reuse_plan_fits) {
   const int64_t g = s.group_size, per_super = kQuantSuperBlock / g;
   const int64_t first = sb * per_super, count = std::min(per_super, s.groups - first);
   std::vector<GroupFit> fits(count);
@@ -131,7 +139,8 @@ void fit_super_block(const QuantShape& s, int64_t sb, const float* row, const fl
     wptr[i] = row + (first + i) * g;
     iptr[i] = importance ? importance + (first + i) * g : nullptr;
     nreal[i] = real_in_group(s, first + i);
-    fits[i] = fit_group(wptr[i], iptr[i], nreal[i], plan.qmax[first + i]);
+    fits[i] = reuse_plan_fits && !plan.fits.empty() ? plan.fits[first + i]
+                                                     : fit_group(wptr[i], iptr[i], nreal[i], plan.qmax[first + i]);
   }
   quantize_super_block(wptr.data(), iptr.data(), nreal.data(), plan.qmax.data() + first, fits.data(),
                        static_cast<int>(count), out.super_scales + 2 * sb, out.scales + first);

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "quant/group_fit.h"
 #include "quant/quant_format.h"
 
 namespace lmkernels {
@@ -48,6 +49,7 @@ RowOutputs row_outputs(const QuantShape& s, const PackedOutputs& out, int64_t r)
 struct RowPlan {
   std::vector<int> qmax;
   std::vector<int64_t> hi_rank;  // -1 for a 2-bit group
+  std::vector<GroupFit> fits;    // select=error: each group's fit at its qmax, from the row as chosen
 };
 
 // Picks the row's num_hi groups with the highest priority (range, or squared error removed
@@ -56,9 +58,10 @@ RowPlan choose_4bit_groups(const QuantShape& s, const float* row, const float* i
                            const RowOutputs& out);
 
 // Fits the grids of super-block `sb` from the row's current weights and writes its scale codes
-// and fp16 (d, dmin). Throws std::range_error when d overflows fp16.
+// and fp16 (d, dmin). Throws std::range_error when d overflows fp16. `reuse_plan_fits`: the row
+// is unchanged since choose_4bit_groups, so its group fits (if it made any) stand.
 void fit_super_block(const QuantShape& s, int64_t sb, const float* row, const float* importance, const RowPlan& plan,
-                     const RowOutputs& out);
+                     const RowOutputs& out, bool reuse_plan_fits);
 
 // Refits one group of an already fitted super-block from the row's current weights, keeping
 // the super-block's (d, dmin): GPTQ's feedback moves weights after the super-block fit.

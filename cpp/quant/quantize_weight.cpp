@@ -34,7 +34,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> quantize_
       const RowOutputs ro = row_outputs(s, out, r);
       try {
         const RowPlan plan = choose_4bit_groups(s, row, idata, how, ro);
-        for (int64_t sb = 0; sb < s.super_blocks; ++sb) fit_super_block(s, sb, row, idata, plan, ro);
+        for (int64_t sb = 0; sb < s.super_blocks; ++sb) fit_super_block(s, sb, row, idata, plan, ro, /*reuse_plan_fits=*/true);
         quantize_and_store_row(s, plan, ro, row);
       } catch (const std::range_error& e) {
         std::lock_guard<std::mutex> lock(error_mutex);

@@ -110,7 +110,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> quantize_
         float* err = edata + r * kQuantSuperBlock;
         const RowOutputs ro = row_outputs(s, out, r);
         try {
-          fit_super_block(s, sb, row, idata, plans[r], ro);
+          // Earlier super-blocks' feedback moved the row: fit afresh.
+          fit_super_block(s, sb, row, idata, plans[r], ro, /*reuse_plan_fits=*/false);
         } catch (const std::range_error& e) {
           std::lock_guard<std::mutex> lock(error_mutex);
           error = e.what();
