@@ -19,6 +19,9 @@ double group_sse(const float* w, const float* weight, int n, int qmax, GroupFit 
 
 // nearbyint in the default rounding mode (half to even) for |x| < 2^22, inlined (a libm call
 // per weight dominated the fits): adding and removing 1.5 * 2^23 leaves no fraction bits.
+#if defined(__FAST_MATH__)
+#error "round_even needs IEEE float arithmetic: -ffast-math would fold (x + m) - m to x"
+#endif
 inline float round_even(float x) {
   constexpr float kMagic = 12582912.0f;
   return (x + kMagic) - kMagic;
