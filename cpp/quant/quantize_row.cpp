@@ -104,7 +104,10 @@ RowPlan choose_4bit_groups(const QuantShape& s, const float* row, const float* i
   std::vector<GroupFit> fit2, fit4;
   if (s.num_hi > 0 && s.num_hi < G) {
     std::vector<double> priority(G);
-    if (select == Select::kError) fit2.resize(G), fit4.resize(G);
+    if (select == Select::kError) {
+      fit2.resize(G);
+      fit4.resize(G);
+    }
     for (int64_t i = 0; i < G; ++i) {
       priority[i] = group_priority(row + i * g, importance ? importance + i * g : nullptr, real_in_group(s, i), select,
                                    fit2.empty() ? nullptr : &fit2[i], fit4.empty() ? nullptr : &fit4[i]);
