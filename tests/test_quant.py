@@ -214,14 +214,16 @@ def test_linear_every_isa_gives_the_same_bits(k, group_size, frac_4bit):
     # over 8192 take the VNNI high pass over the pairs-ordered activations.
     w = student_t(37, k)
     q = quant.quantize(w, group_size=group_size, frac_4bit=frac_4bit)
+    # 6 rows run chunks of 4 and 2 activation rows; 1 and 3 rows the single-row and 3-row forms.
     x = torch.randn(6, k)
-    outs = {}
-    for isa in lmkernels.supported_cpu_isas():
-        lmkernels.set_cpu_isa(isa)
-        outs[isa] = quant.linear(x, q)
-    lmkernels.set_cpu_isa(None)
-    for isa, out in outs.items():
-        assert torch.equal(out, outs["scalar"]), isa
+    for rows in (6, 1, 3):
+        outs = {}
+        for isa in lmkernels.supported_cpu_isas():
+            lmkernels.set_cpu_isa(isa)
+            outs[isa] = quant.linear(x[:rows], q)
+        lmkernels.set_cpu_isa(None)
+        for isa, out in outs.items():
+            assert torch.equal(out, outs["scalar"]), (isa, rows)
 
 
 STRIP_PATHS = [pytest.param(isa, marks=pytest.mark.skipif(isa not in lmkernels.supported_cpu_isas(),
