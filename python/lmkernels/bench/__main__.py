@@ -10,7 +10,7 @@ from pathlib import Path
 from .harness import environment, format_table, write_json
 
 # core name -> module under lmkernels.bench
-CORES = {"attention": "attention", "chunk-cache": "chunk_cache", "prefill": "prefill", "quant": "quant", "quant-accuracy": "quant_accuracy", "replay": "replay", "replay-cpt": "replay_cpt", "rope": "rope", "sparse": "sparse"}
+CORES = {"attention": "attention", "chunk-cache": "chunk_cache", "prefill": "prefill", "quant": "quant", "quant-accuracy": "quant_accuracy", "quant-llamacpp": "ggml_peer", "replay": "replay", "replay-cpt": "replay_cpt", "rope": "rope", "sparse": "sparse"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,7 +7,9 @@ bits per weight, mean cosine similarity of the mean-pooled sentence embeddings t
 Spearman rank correlation of all pairwise similarities with fp32's, and the relative output
 error of each linear layer on the fp32 model's own inputs (mean and worst layer).
 Configurations share group size 32: uniform 2-bit, ours (20% of groups at 4 bits), uniform
-4-bit, each round-to-nearest and GPTQ, and a plain-torch uniform 3-bit baseline.
+4-bit, each round-to-nearest and GPTQ, and a plain-torch uniform 3-bit baseline; with
+LMKERNELS_GGML_LIB set (see ggml_peer), also llama.cpp's Q2_K and Q3_K from ggml's own quantizer,
+without and with an importance matrix from the calibration sentences.
 """
 
 from __future__ import annotations
@@ -129,6 +131,55 @@ def _layer_inputs(model: nn.Module, batches: list[dict], tokens: int = 512) -> d
     return sampled
 
 
+def _input_square_means(model: nn.Module, batches: list[dict]) -> dict[str, torch.Tensor]:
+    """Each linear layer's mean squared input per column over `batches`: llama.cpp's imatrix."""
+    sums: dict[str, list] = {}
+    hooks = []
+
+    def add(name: str, x: torch.Tensor) -> None:
+        x = x.reshape(-1, x.shape[-1]).double()
+        total = sums.setdefault(name, [torch.zeros(x.shape[-1], dtype=torch.float64), 0])
+        total[0] += (x * x).sum(0)
+        total[1] += x.shape[0]
+
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            hooks.append(module.register_forward_pre_hook(lambda _m, args, name=name: add(name, args[0])))
+    with torch.no_grad():
+        for batch in batches:
+            model(**batch)
+    for h in hooks:
+        h.remove()
+    return {name: (total / count).float() for name, (total, count) in sums.items()}
+
+
+def _ggml_rows(fp: nn.Module, calib_batches: list[dict], evaluate) -> list[Row]:
+    """llama.cpp's Q2_K and Q3_K (ggml's own quantizer, without and with an imatrix from the
+    calibration sentences), when LMKERNELS_GGML_LIB names a ggml library (see ggml_peer)."""
+    from . import ggml_peer
+
+    lib = ggml_peer.load_library()
+    if lib is None:
+        print(f"quant-accuracy: llama.cpp rows skipped; set {ggml_peer.ENV_LIB} to a libggml-base.so")
+        return []
+    imatrix = _input_square_means(fp, calib_batches)
+    rows = []
+    for kind in ggml_peer.K_QUANTS[:2]:
+        for use_imatrix in (False, True):
+            model = copy.deepcopy(fp)
+            t0 = time.perf_counter()
+            bits = numel = 0
+            for name, module in model.named_modules():
+                if isinstance(module, nn.Linear):
+                    w = module.weight.data
+                    module.weight.data = ggml_peer.quantize_dequantize(lib, w, kind, imatrix[name] if use_imatrix else None)
+                    bits += kind.bits_per_weight * w.shape[0] * ggml_peer.padded_width(w.shape[1])
+                    numel += w.numel()
+            name = f"llama.cpp {kind.name} ({kind.bits_per_weight} nominal)" + (" + imatrix" if use_imatrix else "")
+            rows.append(evaluate(name, model, bits / numel, time.perf_counter() - t0))
+    return rows
+
+
 def _layer_errors(fp: nn.Module, q: nn.Module, inputs: dict[str, torch.Tensor]) -> dict[str, float]:
     errors = {}
     with torch.no_grad():
@@ -227,6 +278,19 @@ def run(quick: bool, out_dir: Path | None = None) -> list[Row]:
     }
     if quick:
         configs = {k: configs[k] for k in ("ours (20% 4-bit)", "ours (20% 4-bit) GPTQ", "uniform 3-bit (torch RTN)")}
+    def evaluate(name: str, model: nn.Module, bits: float, seconds: float) -> Row:
+        emb = _embed(model, eval_batches)
+        cosine = float((emb * reference).sum(-1).mean())
+        sims = (emb @ emb.T)[pairs[0], pairs[1]]
+        errors = _layer_errors(fp, model, layer_inputs)
+        worst = max(errors, key=errors.get)
+        return Row(CORE, f"all-MiniLM-L6-v2, {len(evaluation)} sentences, group {GROUP}", name,
+                   seconds * 1e3, 0.0, 1, extra={
+                       "bits/weight": bits, "embedding cosine": cosine, "pairwise Spearman": _spearman(sims, ref_sims),
+                       "layer rel err mean": sum(errors.values()) / len(errors),
+                       "layer rel err max": errors[worst], "worst layer": worst,
+                   })
+
     rows = []
     for name, opts in configs.items():
         model = copy.deepcopy(fp)
@@ -242,16 +306,7 @@ def run(quick: bool, out_dir: Path | None = None) -> list[Row]:
             quant.quantize_model(model, skip=(), calibration=calib_batches if calibrate else None, progress=False,
                                  group_size=GROUP, **opts)
             bits = _bits_per_weight(model)
-        seconds = time.perf_counter() - t0
-        emb = _embed(model, eval_batches)
-        cosine = float((emb * reference).sum(-1).mean())
-        sims = (emb @ emb.T)[pairs[0], pairs[1]]
-        errors = _layer_errors(fp, model, layer_inputs)
-        worst = max(errors, key=errors.get)
-        rows.append(Row(CORE, f"all-MiniLM-L6-v2, {len(evaluation)} sentences, group {GROUP}", name,
-                        seconds * 1e3, 0.0, 1, extra={
-                            "bits/weight": bits, "embedding cosine": cosine, "pairwise Spearman": _spearman(sims, ref_sims),
-                            "layer rel err mean": sum(errors.values()) / len(errors),
-                            "layer rel err max": errors[worst], "worst layer": worst,
-                        }))
+        rows.append(evaluate(name, model, bits, time.perf_counter() - t0))
+    if not quick:
+        rows += _ggml_rows(fp, calib_batches, evaluate)
     return rows + perplexity_rows(quick)
