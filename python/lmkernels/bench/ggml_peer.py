@@ -115,6 +115,8 @@ def _ggml_times(tool: Path, batches: list[int]) -> dict[tuple[str, int], float]:
     times = {}
     for m in re.finditer(r"type_a=(\w+),type_b=f32,m=4096,n=(\d+),k=14336,.*?([0-9.]+) us/run", out):
         times[(m.group(1).upper(), int(m.group(2)))] = float(m.group(3)) / 1e3
+    if not times:
+        raise RuntimeError(f"no MUL_MAT timings in the output of {tool} (another llama.cpp version?):\n{out[-2000:]}")
     return times
 
 
@@ -137,8 +139,8 @@ def run(quick: bool, out_dir: Path | None = None) -> list[Row]:
 
     tool = _test_backend_ops()
     if tool is None:
-        print(f"{CORE}: skipped; set {ENV_LIB} to the libggml-base.so of a llama.cpp build with tests "
-              "(see lmkernels/bench/ggml_peer.py)")
+        print(f"{CORE}: skipped; set {ENV_LIB} to the libggml-base.so of a llama.cpp build with "
+              "test-backend-ops beside it (see lmkernels/bench/ggml_peer.py)")
         return []
     batches = [1, 4] if quick else [1, 4, 8]
     threads = max(1, (os.cpu_count() or 2) // 2)  # what test-backend-ops gives the CPU backend
