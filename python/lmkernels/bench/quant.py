@@ -3,11 +3,14 @@ weights, and against our own dequantize-then-linear, on Llama-3-8B projection sh
 
 Speed-up is over bf16 `F.linear` (the usual way to run a model on CPU). Effective bandwidth
 is the packed weight's bytes over the time; "of read bw" divides it by the machine's read
-bandwidth, measured in the same run by summing a large buffer.
+bandwidth, measured in the same run by summing a large buffer. The "copies in turn" rows time
+batch 1 with the weights streamed from DRAM, as in a model's forward pass.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import statistics
 import time
 from pathlib import Path
@@ -21,6 +24,7 @@ from .harness import Row, compare
 
 CORE = "quant"
 SHAPES = [(4096, 4096), (14336, 4096), (4096, 14336)]  # [out_features, in_features]
+PACKED_FIELDS = ("codes_lo", "codes_hi", "hi_groups", "scales", "super_scales")
 
 
 def read_bandwidth_gbs(megabytes: int = 512) -> float:
@@ -33,6 +37,41 @@ def read_bandwidth_gbs(megabytes: int = 512) -> float:
         buf.sum()
         times.append(time.perf_counter() - t0)
     return buf.numel() * 4 / statistics.median(times) / 1e9
+
+
+def streamed_rows(shapes: list[tuple[int, int]], bandwidth: float, quick: bool) -> list[Row]:
+    """Batch 1 as a model's forward pass sees it: each call takes the next of several copies of
+    the weight, together far larger than the caches, so every call reads its weights from DRAM
+    (in the rows above, one weight is reused and may partly stay in the 32 MB L3)."""
+    rows = []
+    total_bytes = (64 if quick else 160) * 2**20
+    for out_features, in_features in shapes:
+        w = torch.randn(out_features, in_features) * 0.02
+        qw = quant.quantize(w)
+        copies = max(2, -(-total_bytes // qw.nbytes))
+        packed = [dataclasses.replace(qw, **{f: getattr(qw, f).clone() for f in PACKED_FIELDS}) for _ in range(copies)]
+        bf16 = [w.bfloat16() for _ in range(copies)]
+        x = torch.randn(1, in_features)
+        xb = x.bfloat16()
+
+        def rotating(call):
+            turn = itertools.count()
+            return lambda: call(next(turn) % copies)
+
+        impls = {
+            "F.linear bf16": rotating(lambda i: F.linear(xb, bf16[i])),
+            "lmkernels": rotating(lambda i: quant.linear(x, packed[i])),
+        }
+
+        def extra(name: str, ms: float) -> dict:
+            if name != "lmkernels":
+                return {}
+            gbs = qw.nbytes / (ms * 1e-3) / 1e9
+            return {"bits/weight": qw.bits_per_weight, "GB/s": gbs, "of read bw": gbs / bandwidth}
+
+        case = f"{out_features}x{in_features} batch 1 x float32, {copies} copies in turn (weights from DRAM)"
+        rows += compare(CORE, case, impls, baseline="F.linear bf16", quick=quick, extra=extra)
+    return rows
 
 
 def run(quick: bool, out_dir: Path | None = None) -> list[Row]:
@@ -67,6 +106,7 @@ def run(quick: bool, out_dir: Path | None = None) -> list[Row]:
 
                 case = f"{out_features}x{in_features} batch {batch} x {dtype_name}"
                 rows += compare(CORE, case, impls, baseline="F.linear bf16", quick=quick, extra=extra)
+    rows += streamed_rows(shapes, bandwidth, quick)
     rows.append(Row(CORE, "machine read bandwidth", "torch.sum over 512 MB" if not quick else "torch.sum over 128 MB",
                     0.0, 0.0, 7, extra={"GB/s": bandwidth}))
     return rows
