@@ -39,6 +39,17 @@ def read_bandwidth_gbs(megabytes: int = 512) -> float:
     return buf.numel() * 4 / statistics.median(times) / 1e9
 
 
+def _bandwidth_extra(qw: quant.QuantizedWeight, bandwidth: float):
+    """Our row's extra columns: bits per weight, effective GB/s and its share of read bandwidth."""
+    def extra(name: str, ms: float) -> dict:
+        if name != "lmkernels":
+            return {}
+        gbs = qw.nbytes / (ms * 1e-3) / 1e9
+        return {"bits/weight": qw.bits_per_weight, "GB/s": gbs, "of read bw": gbs / bandwidth}
+
+    return extra
+
+
 def streamed_rows(shapes: list[tuple[int, int]], bandwidth: float, quick: bool) -> list[Row]:
     """Batch 1 as a model's forward pass sees it: each call takes the next of several copies of
     the weight, together far larger than the caches, so every call reads its weights from DRAM
@@ -63,14 +74,8 @@ def streamed_rows(shapes: list[tuple[int, int]], bandwidth: float, quick: bool) 
             "lmkernels": rotating(lambda i: quant.linear(x, packed[i])),
         }
 
-        def extra(name: str, ms: float) -> dict:
-            if name != "lmkernels":
-                return {}
-            gbs = qw.nbytes / (ms * 1e-3) / 1e9
-            return {"bits/weight": qw.bits_per_weight, "GB/s": gbs, "of read bw": gbs / bandwidth}
-
         case = f"{out_features}x{in_features} batch 1 x float32, {copies} copies in turn (weights from DRAM)"
-        rows += compare(CORE, case, impls, baseline="F.linear bf16", quick=quick, extra=extra)
+        rows += compare(CORE, case, impls, baseline="F.linear bf16", quick=quick, extra=_bandwidth_extra(qw, bandwidth))
     return rows
 
 
@@ -97,15 +102,9 @@ def run(quick: bool, out_dir: Path | None = None) -> list[Row]:
                 if not quick:
                     impls["F.linear fp16"] = lambda: F.linear(xs[torch.float16], weights[torch.float16])
                 dtype_name = str(dtype).removeprefix("torch.")
-
-                def extra(name: str, ms: float) -> dict:
-                    if name != "lmkernels":
-                        return {}
-                    gbs = qw.nbytes / (ms * 1e-3) / 1e9
-                    return {"bits/weight": qw.bits_per_weight, "GB/s": gbs, "of read bw": gbs / bandwidth}
-
                 case = f"{out_features}x{in_features} batch {batch} x {dtype_name}"
-                rows += compare(CORE, case, impls, baseline="F.linear bf16", quick=quick, extra=extra)
+                rows += compare(CORE, case, impls, baseline="F.linear bf16", quick=quick,
+                                extra=_bandwidth_extra(qw, bandwidth))
     rows += streamed_rows(shapes, bandwidth, quick)
     rows.append(Row(CORE, "machine read bandwidth", "torch.sum over 512 MB" if not quick else "torch.sum over 128 MB",
                     0.0, 0.0, 7, extra={"GB/s": bandwidth}))
