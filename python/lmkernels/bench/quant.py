@@ -50,15 +50,15 @@ def _bandwidth_extra(qw: quant.QuantizedWeight, bandwidth: float):
     return extra
 
 
-def streamed_rows(shapes: list[tuple[int, int]], bandwidth: float, quick: bool) -> list[Row]:
+def streamed_rows(weights: list[tuple[torch.Tensor, quant.QuantizedWeight]], bandwidth: float,
+                  quick: bool) -> list[Row]:
     """Batch 1 as a model's forward pass sees it: each call takes the next of several copies of
     the weight, together far larger than the caches, so every call reads its weights from DRAM
     (in the rows above, one weight is reused and may partly stay in the 32 MB L3)."""
     rows = []
     total_bytes = (64 if quick else 160) * 2**20
-    for out_features, in_features in shapes:
-        w = torch.randn(out_features, in_features) * 0.02
-        qw = quant.quantize(w)
+    for w, qw in weights:
+        out_features, in_features = w.shape
         copies = max(2, -(-total_bytes // qw.nbytes))
         packed = [dataclasses.replace(qw, **{f: getattr(qw, f).clone() for f in PACKED_FIELDS}) for _ in range(copies)]
         bf16 = [w.bfloat16() for _ in range(copies)]
@@ -85,9 +85,11 @@ def run(quick: bool, out_dir: Path | None = None) -> list[Row]:
     dtypes = [torch.bfloat16] if quick else [torch.float32, torch.bfloat16]
     bandwidth = read_bandwidth_gbs(128 if quick else 512)
     rows: list[Row] = []
+    quantized = []
     for out_features, in_features in shapes:
         w = torch.randn(out_features, in_features) * 0.02
         qw = quant.quantize(w)
+        quantized.append((w, qw))
         weights = {torch.float32: w, torch.bfloat16: w.bfloat16(), torch.float16: w.half()}
         for dtype in dtypes:
             for batch in batches:
@@ -105,7 +107,7 @@ def run(quick: bool, out_dir: Path | None = None) -> list[Row]:
                 case = f"{out_features}x{in_features} batch {batch} x {dtype_name}"
                 rows += compare(CORE, case, impls, baseline="F.linear bf16", quick=quick,
                                 extra=_bandwidth_extra(qw, bandwidth))
-    rows += streamed_rows(shapes, bandwidth, quick)
+    rows += streamed_rows(quantized, bandwidth, quick)
     rows.append(Row(CORE, "machine read bandwidth", "torch.sum over 512 MB" if not quick else "torch.sum over 128 MB",
                     0.0, 0.0, 7, extra={"GB/s": bandwidth}))
     return rows

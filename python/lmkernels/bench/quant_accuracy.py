@@ -131,28 +131,6 @@ def _layer_inputs(model: nn.Module, batches: list[dict], tokens: int = 512) -> d
     return sampled
 
 
-def _input_square_means(model: nn.Module, batches: list[dict]) -> dict[str, torch.Tensor]:
-    """Each linear layer's mean squared input per column over `batches`: llama.cpp's imatrix."""
-    sums: dict[str, list] = {}
-    hooks = []
-
-    def add(name: str, x: torch.Tensor) -> None:
-        x = x.reshape(-1, x.shape[-1]).double()
-        total = sums.setdefault(name, [torch.zeros(x.shape[-1], dtype=torch.float64), 0])
-        total[0] += (x * x).sum(0)
-        total[1] += x.shape[0]
-
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Linear):
-            hooks.append(module.register_forward_pre_hook(lambda _m, args, name=name: add(name, args[0])))
-    with torch.no_grad():
-        for batch in batches:
-            model(**batch)
-    for h in hooks:
-        h.remove()
-    return {name: (total / count).float() for name, (total, count) in sums.items()}
-
-
 def _ggml_rows(fp: nn.Module, calib_batches: list[dict], evaluate) -> list[Row]:
     """llama.cpp's Q2_K and Q3_K (ggml's own quantizer, without and with an imatrix from the
     calibration sentences), when LMKERNELS_GGML_LIB names a ggml library (see ggml_peer)."""
@@ -162,7 +140,10 @@ def _ggml_rows(fp: nn.Module, calib_batches: list[dict], evaluate) -> list[Row]:
     if lib is None:
         print(f"quant-accuracy: llama.cpp rows skipped; set {ggml_peer.ENV_LIB} to a libggml-base.so")
         return []
-    imatrix = _input_square_means(fp, calib_batches)
+    # llama.cpp's imatrix is each layer's mean squared input per column: the statistic our own
+    # calibrated RTN uses, collected the same way.
+    names = [n for n, m in fp.named_modules() if isinstance(m, nn.Linear)]
+    imatrix = quant._input_statistics(fp, names, calib_batches, full=False)
     rows = []
     for kind in ggml_peer.K_QUANTS[:2]:
         for use_imatrix in (False, True):
@@ -278,6 +259,7 @@ def run(quick: bool, out_dir: Path | None = None) -> list[Row]:
     }
     if quick:
         configs = {k: configs[k] for k in ("ours (20% 4-bit)", "ours (20% 4-bit) GPTQ", "uniform 3-bit (torch RTN)")}
+
     def evaluate(name: str, model: nn.Module, bits: float, seconds: float) -> Row:
         emb = _embed(model, eval_batches)
         cosine = float((emb * reference).sum(-1).mean())
