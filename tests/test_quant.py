@@ -426,6 +426,40 @@ def test_quantize_model_with_calibration(method):
     assert err_aware < err_plain
 
 
+class _TokenModel(torch.nn.Module):
+    """A transformers-style module: input_ids and attention_mask in, hidden states out."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = torch.nn.Embedding(50, 32)
+        self.proj = torch.nn.Linear(32, 24)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        # Padded positions get a large, meaningless input, as a real model's padded hidden states.
+        h = self.embed(input_ids) + 100.0 * (1 - attention_mask[..., None].float())
+        return self.proj(h)
+
+
+@pytest.mark.parametrize("full", [True, False])
+def test_calibration_statistics_leave_out_padding(full):
+    torch.manual_seed(3)
+    model = _TokenModel()
+    lengths = [5, 9, 2]
+    ids = [torch.randint(1, 50, (n,)) for n in lengths]
+    padded = torch.zeros(3, 9, dtype=torch.long)
+    mask = torch.zeros(3, 9, dtype=torch.long)
+    for i, seq in enumerate(ids):
+        padded[i, : len(seq)] = seq
+        mask[i, : len(seq)] = 1
+    one_by_one = [dict(input_ids=seq[None], attention_mask=torch.ones(1, len(seq), dtype=torch.long)) for seq in ids]
+    with_mask = quant._input_statistics(model, ["proj"], [dict(input_ids=padded, attention_mask=mask)], full)
+    unpadded = quant._input_statistics(model, ["proj"], one_by_one, full)
+    torch.testing.assert_close(with_mask["proj"], unpadded["proj"])
+    # Given as positional inputs there is no mask to read: every position counts.
+    every = quant._input_statistics(model, ["proj"], [(padded, mask)], full)
+    assert not torch.allclose(every["proj"], unpadded["proj"])
+
+
 def correlated_inputs(rows: int, k: int, seed: int) -> torch.Tensor:
     """Samples of one fixed distribution with correlated features (the mix depends on k only)."""
     mix = torch.randn(k, k, generator=torch.Generator().manual_seed(k)) / k**0.5

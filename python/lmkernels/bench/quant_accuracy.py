@@ -5,7 +5,8 @@ Evaluation text: English sentences from the docstrings of Python's standard libr
 present offline); calibration sentences are a disjoint set. Reported per configuration:
 bits per weight, mean cosine similarity of the mean-pooled sentence embeddings to fp32, the
 Spearman rank correlation of all pairwise similarities with fp32's, and the relative output
-error of each linear layer on the fp32 model's own inputs (mean and worst layer).
+error of each linear layer on the fp32 model's own inputs at real (not padding) tokens (mean
+and worst layer).
 Configurations share group size 32: uniform 2-bit, ours (20% of groups at 4 bits), uniform
 4-bit, each round-to-nearest and GPTQ, and a plain-torch uniform 3-bit baseline; with
 LMKERNELS_GGML_LIB set (see ggml_peer), also llama.cpp's Q2_K and Q3_K from ggml's own quantizer,
@@ -113,13 +114,18 @@ def _spearman(a: torch.Tensor, b: torch.Tensor) -> float:
 def _layer_inputs(model: nn.Module, batches: list[dict], tokens: int = 512) -> dict[str, torch.Tensor]:
     """A sample of each linear layer's inputs in the fp32 model (non-padding tokens)."""
     inputs: dict[str, list[torch.Tensor]] = {}
-    hooks = []
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Linear):
-            hooks.append(module.register_forward_pre_hook(
-                lambda _m, args, name=name: inputs.setdefault(name, []).append(args[0].reshape(-1, args[0].shape[-1]))))
+    mask: torch.Tensor | None = None
+
+    def keep(name: str, x: torch.Tensor) -> None:
+        if mask is not None and tuple(x.shape[:-1]) == tuple(mask.shape):
+            x = x[mask]
+        inputs.setdefault(name, []).append(x.reshape(-1, x.shape[-1]))
+
+    hooks = [module.register_forward_pre_hook(lambda _m, args, name=name: keep(name, args[0]))
+             for name, module in model.named_modules() if isinstance(module, nn.Linear)]
     with torch.no_grad():
         for batch in batches[:2]:
+            mask = batch["attention_mask"].bool()
             model(**batch)
     for h in hooks:
         h.remove()
