@@ -321,6 +321,7 @@ def quantize_model(
     skip: Iterable[str] = ("lm_head",),
     calibration: Iterable[Any] | None = None,
     method: str = "gptq",
+    bits_per_weight: float | None = None,
     progress: bool = True,
     **opts: Any,
 ) -> nn.Module:
@@ -337,6 +338,13 @@ def quantize_model(
             which costs ``8 * in_features**2`` bytes per layer while calibrating) or ``"rtn"``
             (round to nearest, fitted and 4-bit groups chosen with the mean squared input as
             importance). Without calibration: round to nearest.
+        bits_per_weight: optional budget for the average packed bits per weight over the
+            quantized layers (every byte counted, as :attr:`QuantizedWeight.bits_per_weight`).
+            Each layer then gets its own ``frac_4bit``: every layer is measured at each
+            fraction of ``quant_budget.FRACTIONS`` (round to nearest on a sample of its rows;
+            relative output error under the calibration statistics, or relative weight error
+            without calibration) and the fractions minimising the summed relative errors
+            within the budget are used. Excludes ``frac_4bit``.
         progress: show a tqdm progress bar.
         opts: :func:`quantize` options (group_size, frac_4bit, select, damp).
 
@@ -344,19 +352,56 @@ def quantize_model(
     """
     if method not in ("gptq", "rtn"):
         raise ValueError(f"quantize_model: method must be 'gptq' or 'rtn', got {method!r}")
+    if bits_per_weight is not None:
+        if "frac_4bit" in opts:
+            raise ValueError("quantize_model: pass frac_4bit or bits_per_weight, not both")
+        if not isinstance(bits_per_weight, (int, float)) or not math.isfinite(bits_per_weight):
+            raise ValueError(f"quantize_model: bits_per_weight must be a finite number, got {bits_per_weight!r}")
     skip = tuple(skip)
     names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and not _matches(n, skip)]
     stats = _input_statistics(model, names, calibration, method == "gptq") if calibration is not None else {}
     key = "hessian" if method == "gptq" else "importance"
     from tqdm.auto import tqdm
 
+    fractions = {}
+    if bits_per_weight is not None and names:
+        fractions = _budget_fractions(model, names, stats, float(bits_per_weight), progress, **opts)
     for name in tqdm(names, desc="quantize", disable=not progress):
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         layer = getattr(parent, child)
-        setattr(parent, child, QuantLinear.from_linear(layer, **{key: stats.get(name)}, **opts))
+        layer_opts = dict(opts, frac_4bit=fractions[name]) if name in fractions else opts
+        setattr(parent, child, QuantLinear.from_linear(layer, **{key: stats.get(name)}, **layer_opts))
         stats.pop(name, None)
     return model
+
+
+def _budget_fractions(model: nn.Module, names: list[str], stats: dict[str, torch.Tensor], bits_per_weight: float,
+                      progress: bool, **opts: Any) -> dict[str, float]:
+    """Each named layer's frac_4bit under the model-wide budget (see quant_budget)."""
+    from tqdm.auto import tqdm
+
+    from . import quant_budget
+
+    group_size = opts.get("group_size", DEFAULT_GROUP_SIZE)
+    if group_size not in GROUP_SIZES:
+        raise ValueError(f"quantize: group_size must be one of {GROUP_SIZES}, got {group_size!r}")
+    options = {}
+    weights = 0
+    for name in tqdm(names, desc="measure", disable=not progress):
+        weight = model.get_submodule(name).weight
+        n, k = weight.shape
+        errors = quant_budget.layer_errors(weight, stats.get(name), group_size, opts.get("select", "range"))
+        bits = [quant_budget.packed_bits(n, k, group_size, _num_4bit_groups(k, group_size, f))
+                for f in quant_budget.FRACTIONS]
+        options[name] = list(zip(bits, errors))
+        weights += n * k
+    floor = sum(o[0][0] for o in options.values()) / weights
+    if bits_per_weight < floor:
+        raise ValueError(f"quantize_model: bits_per_weight={bits_per_weight} is below {floor:.4f}, the size of these "
+                         f"layers with every group at 2 bits (group_size={group_size})")
+    choice = quant_budget.allocate(options, bits_per_weight * weights)
+    return {name: quant_budget.FRACTIONS[i] for name, i in choice.items()}
 
 
 def save_quantized(model: nn.Module, path: str) -> None:

@@ -7,8 +7,9 @@ bits per weight, mean cosine similarity of the mean-pooled sentence embeddings t
 Spearman rank correlation of all pairwise similarities with fp32's, and the relative output
 error of each linear layer on the fp32 model's own inputs at real (not padding) tokens (mean
 and worst layer).
-Configurations share group size 32: uniform 2-bit, ours (20% of groups at 4 bits), uniform
-4-bit, each round-to-nearest and GPTQ, and a plain-torch uniform 3-bit baseline; with
+Configurations share group size 32: uniform 2-bit, ours (20% of groups at 4 bits, or each
+layer's fraction chosen under a 2.85-bit budget), uniform 4-bit, each round-to-nearest and
+GPTQ, and a plain-torch uniform 3-bit baseline; with
 LMKERNELS_GGML_LIB set (see ggml_peer), also llama.cpp's Q2_K and Q3_K from ggml's own quantizer,
 without and with an importance matrix from the calibration sentences.
 """
@@ -259,12 +260,17 @@ def run(quick: bool, out_dir: Path | None = None) -> list[Row]:
         "ours (20% 4-bit)": dict(frac_4bit=0.2, method="rtn", calibrate=False),
         "ours (20% 4-bit) GPTQ": dict(frac_4bit=0.2, method="gptq", calibrate=True),
         "ours, select=error, GPTQ": dict(frac_4bit=0.2, method="gptq", calibrate=True, select="error"),
+        "ours, 2.85-bit budget per layer": dict(bits_per_weight=2.85, method="rtn", calibrate=False),
+        "ours, 2.85-bit budget per layer, GPTQ": dict(bits_per_weight=2.85, method="gptq", calibrate=True),
+        "ours, 2.85-bit budget per layer, select=error, GPTQ": dict(bits_per_weight=2.85, method="gptq",
+                                                                    calibrate=True, select="error"),
         "uniform 3-bit (torch RTN)": None,
         "uniform 4-bit": dict(frac_4bit=1.0, method="rtn", calibrate=False),
         "uniform 4-bit GPTQ": dict(frac_4bit=1.0, method="gptq", calibrate=True),
     }
     if quick:
-        configs = {k: configs[k] for k in ("ours (20% 4-bit)", "ours (20% 4-bit) GPTQ", "uniform 3-bit (torch RTN)")}
+        configs = {k: configs[k] for k in ("ours (20% 4-bit)", "ours (20% 4-bit) GPTQ", "ours, 2.85-bit budget per layer, GPTQ",
+                                           "uniform 3-bit (torch RTN)")}
 
     def evaluate(name: str, model: nn.Module, bits: float, seconds: float) -> Row:
         emb = _embed(model, eval_batches)
