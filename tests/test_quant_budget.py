@@ -89,7 +89,8 @@ def test_budget_with_calibration_beats_one_fraction_for_all():
 
     # Calibrated round to nearest: the quantizer the measurement uses, so the sum of the
     # layers' relative errors is exactly what the budget minimises.
-    uniform = quant.quantize_model(copy.deepcopy(model), calibration=batches, method="rtn", progress=False)
+    uniform = quant.quantize_model(copy.deepcopy(model), calibration=batches, method="rtn", frac_4bit=0.2,
+                                   progress=False)
     layers = [m for m in uniform if isinstance(m, quant.QuantLinear)]
     target = sum(m.qweight.nbytes * 8 for m in layers) / (512 * 512 * 3)
     budgeted = quant.quantize_model(copy.deepcopy(model), calibration=batches, method="rtn", bits_per_weight=target,
@@ -98,6 +99,10 @@ def test_budget_with_calibration_beats_one_fraction_for_all():
     assert len({m.qweight.num_4bit_groups for m in layers}) > 1
     assert sum(m.qweight.nbytes * 8 for m in layers) / (512 * 512 * 3) <= target
     assert held_out_layer_errors(model, budgeted, held_out) < 0.97 * held_out_layer_errors(model, uniform, held_out)
+    # Calibrated without frac_4bit: the same budget by default.
+    default = quant.quantize_model(copy.deepcopy(model), calibration=batches, method="rtn", progress=False)
+    assert [m.qweight.num_4bit_groups for m in default if isinstance(m, quant.QuantLinear)] == [
+        m.qweight.num_4bit_groups for m in layers]
 
 
 def test_budget_bad_inputs():

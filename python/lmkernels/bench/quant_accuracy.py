@@ -212,7 +212,7 @@ def perplexity_rows(quick: bool) -> list[Row]:
         calib_ids = torch.tensor(tokenizer((corpora / source / "train.txt").read_text()[:400_000])["input_ids"])
         calibration = [calib_ids[i:i + context][None] for i in range(0, 16 * context, context)]
         configs = {"fp32": None, "ours RTN": dict(method="rtn", calibrate=False),
-                   "ours GPTQ": dict(method="gptq", calibrate=True),
+                   "ours GPTQ": dict(method="gptq", calibrate=True, frac_4bit=0.2),
                    "uniform 4-bit GPTQ": dict(method="gptq", calibrate=True, frac_4bit=1.0),
                    "uniform 2-bit GPTQ": dict(method="gptq", calibrate=True, frac_4bit=0.0)}
         for name, opts in configs.items():
