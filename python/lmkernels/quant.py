@@ -413,29 +413,53 @@ def _budget_fractions(model: nn.Module, names: list[str], stats: dict[str, torch
 
 
 def save_quantized(model: nn.Module, path: str) -> None:
-    """Save a quantized model's whole state to a safetensors file."""
-    from safetensors.torch import save_file
+    """Save a quantized model's whole state to a safetensors file (tied weights, such as an
+    output head sharing the embedding, are stored once)."""
+    from safetensors.torch import save_model
 
-    state = {k: v.contiguous() for k, v in model.state_dict().items()}
-    save_file(state, path, metadata={"format": "lmkernels-quant-v1"})
+    save_model(model, path, metadata={"format": "lmkernels-quant-v1"})
 
 
-def load_quantized(model: nn.Module, path: str) -> nn.Module:
+def load_quantized(model: nn.Module, path: str, *, device: torch.device | str = "cpu") -> nn.Module:
     """Load a file from :func:`save_quantized` into a float ``model`` of the same architecture.
 
     Every ``nn.Linear`` the file holds packed tensors for becomes a :class:`QuantLinear`; then
-    the state is loaded strictly, so any mismatch raises.
+    the state is loaded strictly, so any mismatch raises. The model may have its parameters
+    on the meta device (``with torch.device("meta"): model = ...``), so that its float
+    weights are never allocated: they are then replaced by the file's tensors, read onto
+    ``device``. Buffers that are not saved (non-persistent ones, such as a rotary embedding's
+    ``inv_freq``) cannot come from the file: a model that has them on the meta device is
+    refused before anything changes. Weights tied in the model (one parameter under two
+    names, saved once) get the one tensor.
     """
     from safetensors.torch import load_file
 
-    state = load_file(path)
+    state = load_file(path, device=str(device))
+    layers = {}
     for key in [k for k in state if k.endswith(".codes_lo") or k == "codes_lo"]:
         prefix = key[: -len("codes_lo")]
-        name = prefix[:-1]
-        parent_name, _, child = name.rpartition(".")
+        parent_name, _, child = prefix[:-1].rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         if not isinstance(getattr(parent, child, None), (nn.Linear, QuantLinear)):
-            raise KeyError(f"load_quantized: {name!r} in {path} is not a linear layer of the model")
+            raise KeyError(f"load_quantized: {prefix[:-1]!r} in {path} is not a linear layer of the model")
+        layers[prefix] = (parent, child)
+    kept = [(name, t) for name, t in [*model.named_parameters(remove_duplicate=False),
+                                      *model.named_buffers(remove_duplicate=False)]
+            if not any(name.startswith(prefix) for prefix in layers)]
+    names_of: dict[int, list[str]] = {}
+    for name, t in kept:
+        names_of.setdefault(id(t), []).append(name)
+    for names in names_of.values():  # a tied tensor is saved under one of its names
+        saved = [n for n in names if n in state]
+        for name in names:
+            if saved and name not in state:
+                state[name] = state[saved[0]]
+    stranded = [name for name, t in kept if t.is_meta and name not in state]
+    if stranded:
+        raise ValueError(f"load_quantized: {stranded} are on the meta device and not in {path} (buffers that are "
+                         "not saved): build the model with only its parameters on the meta device")
+    for prefix, (parent, child) in layers.items():
         setattr(parent, child, QuantLinear.from_state_dict(state, prefix))
-    model.load_state_dict(state, strict=True)
+    on_meta = any(t.is_meta for _, t in kept)
+    model.load_state_dict(state, strict=True, assign=on_meta)
     return model
