@@ -454,10 +454,46 @@ def test_calibration_statistics_leave_out_padding(full):
     one_by_one = [dict(input_ids=seq[None], attention_mask=torch.ones(1, len(seq), dtype=torch.long)) for seq in ids]
     with_mask = quant._input_statistics(model, ["proj"], [dict(input_ids=padded, attention_mask=mask)], full)
     unpadded = quant._input_statistics(model, ["proj"], one_by_one, full)
-    torch.testing.assert_close(with_mask["proj"], unpadded["proj"])
+    torch.testing.assert_close(with_mask["proj"], unpadded["proj"], rtol=1e-5, atol=1e-6)
     # Given as positional inputs there is no mask to read: every position counts.
     every = quant._input_statistics(model, ["proj"], [(padded, mask)], full)
     assert not torch.allclose(every["proj"], unpadded["proj"])
+
+
+class _SharedInputs(torch.nn.Module):
+    """q and k read one tensor; v and o read tensors made and freed in turn, so a freed one's
+    id can come back for the next."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.q, self.k, self.v, self.o = (torch.nn.Linear(16, 16) for _ in range(4))
+        self.seen: dict[str, torch.Tensor] = {}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.q(x) + self.k(x)
+        for name, layer, scale in (("v", self.v, 2.0), ("o", self.o, -3.0)):
+            temp = x.mul(scale)  # one new tensor: it takes the id the last one freed
+            self.seen[name] = temp.detach().clone()
+            out = out + layer(temp)
+            del temp
+        return out
+
+
+@pytest.mark.parametrize("full", [True, False])
+def test_calibration_statistics_of_shared_and_reused_inputs(full):
+    torch.manual_seed(4)
+    model = _SharedInputs()
+    batches = [torch.randn(8, 16) for _ in range(3)]
+    stats = quant._input_statistics(model, ["q", "k", "v", "o"], batches, full)
+    inputs = {"q": list(batches), "k": list(batches), "v": [], "o": []}
+    for b in batches:
+        model(b)
+        inputs["v"].append(model.seen["v"])
+        inputs["o"].append(model.seen["o"])
+    for name, xs in inputs.items():
+        x = torch.cat(xs).double()
+        expected = x.T @ x if full else (x * x).mean(0).float()
+        torch.testing.assert_close(stats[name], expected, rtol=1e-5, atol=1e-6 * float(expected.abs().max()))
 
 
 def correlated_inputs(rows: int, k: int, seed: int) -> torch.Tensor:
