@@ -116,3 +116,49 @@ def test_budget_bad_inputs():
     with pytest.raises(ValueError, match="group_size must be one of"):
         quant.quantize_model(model, bits_per_weight=3.0, group_size=48, progress=False)
     assert type(model[0]) is torch.nn.Linear  # nothing replaced after a refused call
+
+
+def test_statistics_groups_fit_the_memory():
+    from lmkernels.quant_model import _statistics_groups
+
+    model = torch.nn.Sequential(torch.nn.Linear(64, 8), torch.nn.Linear(8, 128), torch.nn.Linear(128, 64),
+                                torch.nn.Linear(64, 8))
+    names = ["0", "1", "2", "3"]
+    hessian = {"0": 8 * 64 * 64, "1": 8 * 8 * 8, "2": 8 * 128 * 128, "3": 8 * 64 * 64}
+    groups = _statistics_groups(model, names, True, 8 * 128 * 128)
+    assert [n for g in groups for n in g] == names
+    assert all(len(g) == 1 or sum(hessian[n] for n in g) <= 8 * 128 * 128 for g in groups)
+    assert groups == [["0", "1"], ["2"], ["3"]]
+    assert _statistics_groups(model, names, True, 1) == [[n] for n in names]  # too small: one layer each
+    assert _statistics_groups(model, names, False, 8 * (64 + 8 + 128 + 64)) == [names]  # diagonals only
+
+
+@pytest.mark.parametrize("budget", [False, True])
+@torch.no_grad()
+def test_calibration_in_groups_when_statistics_do_not_fit(budget):
+    torch.manual_seed(5)
+    model = torch.nn.Sequential(torch.nn.Linear(256, 256), torch.nn.Tanh(), torch.nn.Linear(256, 256),
+                                torch.nn.Tanh(), torch.nn.Linear(256, 64))
+    scale = torch.ones(256)
+    scale[:5] = 20.0
+    batches = [torch.randn(128, 256) * scale for _ in range(3)]
+    held_out = torch.randn(256, 256) * scale
+    passes = []
+    model.register_forward_pre_hook(lambda *_: passes.append(1))
+    import copy
+
+    reference = model(held_out)
+    plain = quant.quantize_model(copy.deepcopy(model), progress=False)
+    opts = {} if budget else {"frac_4bit": 0.2}
+    passes.clear()
+    # Room for two Hessians of 256 inputs: groups ["0", "2"] and ["4"]; a generator of batches
+    # is read once into a list for the second pass.
+    grouped = quant.quantize_model(copy.deepcopy(model), calibration=(b for b in batches),
+                                   calibration_memory=2 * 8 * 256 * 256, progress=False, **opts)
+    assert len(passes) == (4 if budget else 2) * len(batches)
+    assert all(isinstance(grouped[i], quant.QuantLinear) for i in (0, 2, 4))
+    err_plain = float((plain(held_out) - reference).pow(2).mean())
+    err_grouped = float((grouped(held_out) - reference).pow(2).mean())
+    assert err_grouped < err_plain
+    with pytest.raises(ValueError, match="calibration_memory must be a positive"):
+        quant.quantize_model(copy.deepcopy(model), calibration=batches, calibration_memory=0, progress=False)
