@@ -49,30 +49,31 @@ def _input_statistics(model: nn.Module, names: list[str], calibration: Iterable[
     hooks = []
     modules = dict(model.named_modules())
     mask: torch.Tensor | None = None
-    # Layers fed the same tensor (a transformer's q/k/v projections, gate/up) share its
-    # product: found by identity, through a weak reference so that a freed input whose id
-    # comes back for another tensor is not taken for it.
-    parts: dict[int, tuple[weakref.ref, torch.Tensor, int]] = {}
+    # Layers fed the same tensor one after another (a transformer's q/k/v projections,
+    # gate/up) share its product: the last one is kept, with a weak reference to its input so
+    # that a freed input whose id comes back for another tensor is not taken for it.
+    last: list[Any] = [None, None, None, 0]  # id, weak reference, product, rows
     for name in names:
         def hook(module, args, name=name):  # noqa: ANN001
             x = args[0].detach()
-            key = id(args[0])
-            if key not in parts or parts[key][0]() is not args[0]:
+            if last[0] != id(args[0]) or last[1]() is not args[0]:
                 if mask is not None and tuple(x.shape[:-1]) == tuple(mask.shape):
                     x = x[mask.to(x.device)]
                 # Each batch's product in float32 (a few thousand rows: ample precision, and
                 # a fraction of float64's time), summed over batches in float64.
                 x = x.reshape(-1, x.shape[-1]).to("cpu", torch.float32)
                 part = (x.T @ x).double() if full else (x * x).sum(0, dtype=torch.float64)
-                parts[key] = (weakref.ref(args[0]), part, x.shape[0])
-            _, part, rows = parts[key]
-            stats[name] = stats[name] + part if name in stats else part
+                last[:] = [id(args[0]), weakref.ref(args[0]), part, x.shape[0]]
+            part, rows = last[2], last[3]
+            if name in stats:
+                stats[name].add_(part)
+            else:
+                stats[name] = part.clone()
             counts[name] = counts.get(name, 0) + rows
         hooks.append(modules[name].register_forward_pre_hook(hook))
     try:
         for batch in calibration:
             mask = _token_mask(batch)
-            parts.clear()
             if isinstance(batch, dict):
                 model(**batch)
             elif isinstance(batch, (tuple, list)):
@@ -80,7 +81,7 @@ def _input_statistics(model: nn.Module, names: list[str], calibration: Iterable[
             else:
                 model(batch)
     finally:
-        parts.clear()
+        last[:] = [None, None, None, 0]
         for h in hooks:
             h.remove()
     return {name: stats[name] if full else (stats[name] / max(counts[name], 1)).float() for name in stats}
