@@ -172,6 +172,8 @@ def quantize_model(
                     options[name] = _layer_options(model.get_submodule(name).weight, stats.get(name), group_size,
                                                    opts.get("select", "range"))
                     bar.update()
+                if len(groups) > 1:
+                    stats = {}  # one group's statistics at a time
         weights = sum(model.get_submodule(name).weight.numel() for name in names)
         fractions = _choose_fractions(options, weights, bits_per_weight, group_size)
     with tqdm(total=len(names), desc="quantize", disable=not progress) as bar:
