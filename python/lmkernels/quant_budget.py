@@ -19,7 +19,7 @@ import math
 
 import torch
 
-from ._fake import _quant_shape
+from ._fake import _quantize_weight_fake
 
 FRACTIONS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.6, 0.8, 1.0)
 SAMPLE_ROWS = 128
@@ -27,11 +27,11 @@ BUDGET_STEPS = 1 << 14
 
 
 def packed_bits(out_features: int, in_features: int, group_size: int, num_4bit_groups: int) -> int:
-    """Bits of the packed layer (every tensor of QuantizedWeight, padding included)."""
-    s = _quant_shape(out_features, in_features, group_size, num_4bit_groups)
-    nbytes = (out_features * s["lo_stride"] + s["hi_quads"] * 32 + out_features * num_4bit_groups * 2
-              + out_features * s["groups"] + out_features * s["super_blocks"] * 4)
-    return 8 * nbytes
+    """Bits of the packed layer (every tensor of QuantizedWeight, padding included), from the
+    shapes quantize_weight's fake implementation gives (meta tensors: nothing allocated)."""
+    weight = torch.empty(out_features, in_features, device="meta")
+    packed = _quantize_weight_fake(weight, group_size, num_4bit_groups, "range", None)
+    return 8 * sum(t.numel() * t.element_size() for t in packed)
 
 
 def layer_errors(weight: torch.Tensor, stat: torch.Tensor | None, group_size: int, select: str) -> list[float]:

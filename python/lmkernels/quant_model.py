@@ -33,6 +33,14 @@ def _token_mask(batch: Any) -> torch.Tensor | None:
     return mask.bool() if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
 
 
+def _real_tokens(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """The rows of a layer input [..., K] at real tokens: where ``mask`` (from _token_mask) has
+    the input's leading shape, only its unmasked positions; otherwise every row."""
+    if mask is not None and tuple(x.shape[:-1]) == tuple(mask.shape):
+        return x[mask.to(x.device)]
+    return x.reshape(-1, x.shape[-1])
+
+
 @torch.no_grad()
 def _input_statistics(model: nn.Module, names: list[str], calibration: Iterable[Any],
                       full: bool) -> dict[str, torch.Tensor]:
@@ -57,11 +65,9 @@ def _input_statistics(model: nn.Module, names: list[str], calibration: Iterable[
         def hook(module, args, name=name):  # noqa: ANN001
             x = args[0].detach()
             if last[0] != id(args[0]) or last[1]() is not args[0]:
-                if mask is not None and tuple(x.shape[:-1]) == tuple(mask.shape):
-                    x = x[mask.to(x.device)]
                 # Each batch's product in float32 (a few thousand rows: ample precision, and
                 # a fraction of float64's time), summed over batches in float64.
-                x = x.reshape(-1, x.shape[-1]).to("cpu", torch.float32)
+                x = _real_tokens(x, mask).to("cpu", torch.float32)
                 part = (x.T @ x).double() if full else (x * x).sum(0, dtype=torch.float64)
                 last[:] = [id(args[0]), weakref.ref(args[0]), part, x.shape[0]]
             part, rows = last[2], last[3]

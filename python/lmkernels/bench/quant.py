@@ -24,7 +24,6 @@ from .harness import Row, compare
 
 CORE = "quant"
 SHAPES = [(4096, 4096), (14336, 4096), (4096, 14336)]  # [out_features, in_features]
-PACKED_FIELDS = ("codes_lo", "codes_hi", "hi_groups", "scales", "super_scales")
 
 
 def read_bandwidth_gbs(megabytes: int = 512) -> float:
@@ -60,7 +59,7 @@ def streamed_rows(weights: list[tuple[torch.Tensor, quant.QuantizedWeight]], ban
     for w, qw in weights:
         out_features, in_features = w.shape
         copies = max(2, -(-total_bytes // qw.nbytes))
-        packed = [dataclasses.replace(qw, **{f: getattr(qw, f).clone() for f in PACKED_FIELDS}) for _ in range(copies)]
+        packed = [dataclasses.replace(qw, **{f: getattr(qw, f).clone() for f in quant._PACKED}) for _ in range(copies)]
         bf16 = [w.bfloat16() for _ in range(copies)]
         x = torch.randn(1, in_features)
         xb = x.bfloat16()

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lmkernels import quant
+from lmkernels import quant, quant_model
 
 from .harness import Row
 from .reference_models import reference_model_dirs
@@ -118,15 +118,13 @@ def _layer_inputs(model: nn.Module, batches: list[dict], tokens: int = 512) -> d
     mask: torch.Tensor | None = None
 
     def keep(name: str, x: torch.Tensor) -> None:
-        if mask is not None and tuple(x.shape[:-1]) == tuple(mask.shape):
-            x = x[mask]
-        inputs.setdefault(name, []).append(x.reshape(-1, x.shape[-1]))
+        inputs.setdefault(name, []).append(quant_model._real_tokens(x, mask))
 
     hooks = [module.register_forward_pre_hook(lambda _m, args, name=name: keep(name, args[0]))
              for name, module in model.named_modules() if isinstance(module, nn.Linear)]
     with torch.no_grad():
         for batch in batches[:2]:
-            mask = batch["attention_mask"].bool()
+            mask = quant_model._token_mask(batch)
             model(**batch)
     for h in hooks:
         h.remove()
