@@ -77,14 +77,14 @@ void quantize_activation_rows(const QuantShape& s, const void* x, at::ScalarType
   });
 }
 
-// xq's units in xq_pairs' order (kQuantPairPosition), block by block.
+// Offset of unit u's codes in xq_pairs' block order (kQuantPairPosition).
+LMK_INLINE int64_t pair_offset(int64_t unit) {
+  return (unit / kQuantSuperUnits) * kQuantSuperBlock + kQuantPairPosition[unit % kQuantSuperUnits] * kQuantUnit;
+}
+
+// xq's units in xq_pairs' order, block by block.
 void reorder_units_in_pairs(const int8_t* xq, int64_t blocks, int8_t* pairs) {
-  for (int64_t b = 0; b < blocks; ++b) {
-    for (int u = 0; u < kQuantSuperUnits; ++u) {
-      std::memcpy(pairs + b * kQuantSuperBlock + kQuantPairPosition[u] * kQuantUnit, xq + b * kQuantSuperBlock + u * kQuantUnit,
-                  kQuantUnit);
-    }
-  }
+  for (int64_t u = 0; u < blocks * kQuantSuperUnits; ++u) std::memcpy(pairs + pair_offset(u), xq + u * kQuantUnit, kQuantUnit);
 }
 
 using RowsKernel = bool (*)(const QuantLinearArgs&, int64_t, int64_t, void*);
@@ -186,7 +186,8 @@ at::Tensor quant_linear_cpu(const at::Tensor& x, const at::Tensor& codes_lo, con
   const int64_t thread_scratch_bytes = quant_round_up(quant_linear_scratch_bytes(s), 64);
   // What both paths take, then what only the chosen one takes (the row path: the pairs copy
   // and per-thread row scratch).
-  int64_t path_bytes = CallScratch::bytes_for({pairs ? rows * row_codes : 0, threads * thread_scratch_bytes});
+  const int64_t pair_units = pairs ? s.super_blocks * kQuantSuperUnits : 0;
+  int64_t path_bytes = CallScratch::bytes_for({pairs ? rows * row_codes : 0, pair_units * 4, threads * thread_scratch_bytes});
 #ifndef LMKERNELS_NO_X86_SIMD
   if (strips) path_bytes = strip_scratch_bytes(s, rows, threads);
 #endif
@@ -224,6 +225,9 @@ at::Tensor quant_linear_cpu(const at::Tensor& x, const at::Tensor& codes_lo, con
     int8_t* xq_pairs = scratch.take<int8_t>(rows * row_codes);
     reorder_units_in_pairs(qa.codes, rows * s.super_blocks, xq_pairs);
     args.xq_pairs = xq_pairs;
+    uint32_t* pair_offsets = scratch.take<uint32_t>(pair_units);
+    for (int64_t u = 0; u < pair_units; ++u) pair_offsets[u] = static_cast<uint32_t>(pair_offset(u));
+    args.pair_offsets = pair_offsets;
   }
   char* thread_scratch = scratch.take<char>(threads * thread_scratch_bytes);
   std::atomic<bool> ok{true};

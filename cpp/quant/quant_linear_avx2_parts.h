@@ -82,41 +82,53 @@ inline void dense_blocks(int64_t units, const float* const* dx, float* const* la
 struct Avx2Common {
   // The high plane's units a quad at a time (shifts by immediates), from the quad holding
   // `first`; a row's first and last quads may hold its neighbours' units, which are skipped.
+  // Units at even and odd plane positions go to separate accumulators (the contract in
+  // quant_linear_rows.h). The row pointers are copied to locals first: read through x and dx
+  // in the loop, GCC reloaded them for every quad and ran out of registers.
   template <int UPG, int MC, bool kPairs>
   static void high_dot(const uint8_t* plane, uint64_t first, int64_t count, const int16_t* hi_groups,
-                       UnitScales unit_scales, const int8_t* const* x, const float* const* dx,
-                       float* const* lane) {
-    __m256 acc[MC];
-    for (int m = 0; m < MC; ++m) acc[m] = _mm256_loadu_ps(lane[m]);
+                       UnitScales unit_scales, const int8_t* const* x_rows, const float* const* dx_rows,
+                       float* const* lane, const uint32_t* pair_offsets) {
+    const int8_t* x[MC];
+    const float* dx[MC];
+    __m256 acc[2][MC];
+    for (int m = 0; m < MC; ++m) {
+      x[m] = x_rows[m];
+      dx[m] = dx_rows[m];
+      acc[0][m] = _mm256_loadu_ps(lane[m]);
+      acc[1][m] = _mm256_setzero_ps();
+    }
+    const uint8_t* packed = unit_scales.packed;
     const __m256i three = _mm256_set1_epi8(3);
     const int64_t lead = static_cast<int64_t>(first % kQuantQuadUnits);
     const uint8_t* quads = plane + first / kQuantQuadUnits * kQuantQuadBytes;
     // The scale is read at the unit's group (a compile-time shift, not unit_scales' runtime
     // one). Always inlined: out of line (GCC's choice at 4 activation rows once the dense pass
     // grew), the accumulators go through memory on every unit and 4-row calls took 25% longer.
-    auto unit_dot = [&](__m256i shifted, int64_t i) __attribute__((always_inline)) {
+    auto unit_dot = [&](__m256i shifted, int64_t i, int chain) __attribute__((always_inline)) {
       const uint64_t unit = high_unit<UPG>(hi_groups, static_cast<uint64_t>(i));
+      const uint64_t offset = unit_x_offset<kPairs>(unit, pair_offsets);
+      const uint64_t block = unit / kQuantSuperUnits;
       const __m256i codes = _mm256_and_si256(shifted, three);
-      const __m256i scale = _mm256_set1_epi16(kHighScales.t[unit_scales.packed[unit / UPG]]);
+      const __m256i scale = _mm256_set1_epi16(kHighScales.t[packed[unit / UPG]]);
       for (int m = 0; m < MC; ++m) {
-        acc[m] = accumulate_lanes(acc[m], weighted_dot(codes, x[m] + unit_x_offset<kPairs>(unit), scale),
-                                  dx[m][unit / kQuantSuperUnits]);
+        acc[chain][m] = accumulate_lanes(acc[chain][m], weighted_dot(codes, x[m] + offset, scale), dx[m][block]);
       }
     };
     for (int64_t base = -lead; base < count; base += kQuantQuadUnits, quads += kQuantQuadBytes) {
       const __m256i q = load_quad(quads);
       if (base >= 0 && base + kQuantQuadUnits <= count) {
-        unit_dot(q, base);
-        unit_dot(_mm256_srli_epi16(q, 2), base + 1);
-        unit_dot(_mm256_srli_epi16(q, 4), base + 2);
-        unit_dot(_mm256_srli_epi16(q, 6), base + 3);
+        unit_dot(q, base, 0);
+        unit_dot(_mm256_srli_epi16(q, 2), base + 1, 1);
+        unit_dot(_mm256_srli_epi16(q, 4), base + 2, 0);
+        unit_dot(_mm256_srli_epi16(q, 6), base + 3, 1);
       } else {
         for (int k = 0; k < kQuantQuadUnits; ++k) {
-          if (base + k >= 0 && base + k < count) unit_dot(_mm256_srl_epi16(q, _mm_cvtsi32_si128(2 * k)), base + k);
+          if (base + k >= 0 && base + k < count) unit_dot(_mm256_srl_epi16(q, _mm_cvtsi32_si128(2 * k)), base + k, k & 1);
         }
       }
     }
-    for (int m = 0; m < MC; ++m) _mm256_storeu_ps(lane[m], acc[m]);
+    for (int m = 0; m < MC; ++m) _mm256_storeu_ps(lane[m], _mm256_add_ps(acc[0][m], acc[1][m]));
   }
 
   // msum of blocks b .. b + 7 at group size 32 (eight groups per block): four madds and a

@@ -35,6 +35,9 @@ struct QuantLinearArgs {
   // then pairs unit i of the first quad with unit i + 4 of the second, next to each other in
   // this copy. Required by the VNNI row kernel, null on the other paths.
   const int8_t* xq_pairs;
+  // [super_blocks * 8]: where unit u's codes start in an xq_pairs row (with xq_pairs), so the
+  // high pass finds a unit's activations with one load instead of five index steps.
+  const uint32_t* pair_offsets;
   const float* xscale;           // [M, quant_combine_stride(S)], zero padded
   const int16_t* xsum;           // at most 256 * 127: fits int16
   int64_t rows;                  // M

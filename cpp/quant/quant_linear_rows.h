@@ -27,10 +27,14 @@
 //   template <int UPG, int MC, bool kPairs> static void high_dot(const uint8_t* plane, uint64_t first, int64_t count,
 //                                                   const int16_t* hi_groups, UnitScales unit_scales,
 //                                                   const int8_t* const* x, const float* const* dx,
-//                                                   float* const* lane)
+//                                                   float* const* lane, const uint32_t* pair_offsets)
 //     for the high plane's units i = first .. first + count - 1 in order (row unit u =
-//     high_unit<UPG>(hi_groups, i - first), block b = u / 8): lane[m][j] += float(H[j]) * dx[m][b],
-//     H[j] = 4 * unit_scales[u] * <codes of unit i, x[m] + unit_x_offset<kPairs>(u)> over weights 4j .. 4j + 3
+//     high_unit<UPG>(hi_groups, i - first), block b = u / 8), into two sets of float lanes by
+//     the parity of i: A (starting from lane[m]) for even i, B (from zero) for odd i,
+//     A[j] += float(H[j]) * dx[m][b], H[j] = 4 * unit_scales[u] * <codes of unit i,
+//     x[m] + unit_x_offset<kPairs>(u, pair_offsets)> over weights 4j .. 4j + 3; then
+//     lane[m][j] = A[j] + B[j]. (Two chains: one float add per unit in a single chain bounded
+//     the pass at batch 1.)
 //   static void block_scales(const float* d_dmin, const float* xscale, int64_t S, float* dx)
 //     dx[b] = d_dmin[2b] * xscale[b] for b < quant_combine_stride(S)
 //   static float min_term(const uint8_t* scales, const int16_t* xsum, const QuantShape& s,
@@ -42,6 +46,7 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #if defined(__AVX2__)
 #include <immintrin.h>
@@ -159,11 +164,11 @@ LMK_INLINE uint64_t high_unit(const int16_t* hi_groups, uint64_t i) {
   return static_cast<uint64_t>(static_cast<uint16_t>(hi_groups[i / UPG])) * UPG + i % UPG;
 }
 
-// Offset of unit u's codes in an activation row: xq's plain order, or xq_pairs' (kPairs).
+// Offset of unit u's codes in an activation row: xq's plain order, or xq_pairs' (kPairs,
+// from the call's table of them).
 template <bool kPairs>
-LMK_INLINE uint64_t unit_x_offset(uint64_t unit) {
-  if (!kPairs) return unit * kQuantUnit;
-  return ((unit & ~uint64_t{7}) + kQuantPairPosition[unit & 7]) * kQuantUnit;  // a load: cheaper than bit shuffling
+LMK_INLINE uint64_t unit_x_offset(uint64_t unit, const uint32_t* pair_offsets) {
+  return kPairs ? pair_offsets[unit] : unit * kQuantUnit;
 }
 
 template <class Ops, int MC, bool kPairs>
@@ -172,11 +177,15 @@ void high_dot(const QuantLinearArgs& a, int64_t n, UnitScales unit_scales, const
   const QuantShape& s = a.shape;
   const uint64_t first = static_cast<uint64_t>(n * s.hi_units);
   const int16_t* hi_groups = a.hi_groups + n * s.num_hi;
+  auto run = [&](auto upg) {
+    Ops::template high_dot<decltype(upg)::value, MC, kPairs>(a.codes_hi, first, s.hi_units, hi_groups, unit_scales, x,
+                                                             dx, lane, a.pair_offsets);
+  };
   switch (s.units_per_group) {
-    case 1: Ops::template high_dot<1, MC, kPairs>(a.codes_hi, first, s.hi_units, hi_groups, unit_scales, x, dx, lane); break;
-    case 2: Ops::template high_dot<2, MC, kPairs>(a.codes_hi, first, s.hi_units, hi_groups, unit_scales, x, dx, lane); break;
-    case 4: Ops::template high_dot<4, MC, kPairs>(a.codes_hi, first, s.hi_units, hi_groups, unit_scales, x, dx, lane); break;
-    default: Ops::template high_dot<8, MC, kPairs>(a.codes_hi, first, s.hi_units, hi_groups, unit_scales, x, dx, lane); break;
+    case 1: run(std::integral_constant<int, 1>{}); break;
+    case 2: run(std::integral_constant<int, 2>{}); break;
+    case 4: run(std::integral_constant<int, 4>{}); break;
+    default: run(std::integral_constant<int, 8>{}); break;
   }
 }
 

@@ -45,17 +45,21 @@ struct ScalarOps {
   template <int UPG, int MC, bool kPairs>
   static void high_dot(const uint8_t* plane, uint64_t first, int64_t count, const int16_t* hi_groups,
                        UnitScales unit_scales, const int8_t* const* x, const float* const* dx,
-                       float* const* lane) {
+                       float* const* lane, const uint32_t* pair_offsets) {
+    float odd[MC][8] = {};  // the lanes of units at odd plane positions; even ones go to lane
     for (int64_t i = 0; i < count; ++i) {
       const uint64_t h = first + static_cast<uint64_t>(i);
       const uint8_t* quad = plane + h / kQuantQuadUnits * kQuantQuadBytes;
       const uint64_t unit = high_unit<UPG>(hi_groups, static_cast<uint64_t>(i));
       for (int m = 0; m < MC; ++m) {
         int32_t ints[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-        unit_lanes(quad, static_cast<int>(h % kQuantQuadUnits), x[m] + unit_x_offset<kPairs>(unit),
+        unit_lanes(quad, static_cast<int>(h % kQuantQuadUnits), x[m] + unit_x_offset<kPairs>(unit, pair_offsets),
                    4 * unit_scales[static_cast<int64_t>(unit)], ints);
-        accumulate_lanes(ints, dx[m][unit / kQuantSuperUnits], lane[m]);
+        accumulate_lanes(ints, dx[m][unit / kQuantSuperUnits], h % 2 ? odd[m] : lane[m]);
       }
+    }
+    for (int m = 0; m < MC; ++m) {
+      for (int j = 0; j < 8; ++j) lane[m][j] = lane[m][j] + odd[m][j];
     }
   }
 
