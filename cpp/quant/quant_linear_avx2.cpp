@@ -60,7 +60,7 @@ struct Avx2Ops : Avx2Common {
         accumulate_unit<MC>(acc, low_codes(_mm256_srl_epi16(q, _mm_cvtsi32_si128(2 * i))), x, u + i, unit_scales[u + i]);
       }
     };
-    dense_blocks<MC>(units, dx, lane, full, tail);
+    dense_blocks<MC>(lo, units, dx, lane, full, tail);
   }
 };
 

@@ -61,14 +61,17 @@ inline __m256 accumulate_lanes(__m256 lane, __m256i ints, float dx) {
 // The dense pass's walk over a row's super-blocks, shared by the SIMD paths: `full(u, ints)`
 // and `tail(u, count, ints)` give each activation row's 8 int32 lanes of a whole block from
 // unit u, or of the row's last, partial one (count units), and each block's lanes are folded
-// into the float lanes in registers (lane += float(ints) * dx[b]).
+// into the float lanes in registers (lane += float(ints) * dx[b]). Each block also prefetches
+// the low-plane line kQuantLowPlanePrefetchBytes ahead (quant_linear_rows.h); `lo` is the row's plane.
 template <int MC, class Full, class Tail>
-inline void dense_blocks(int64_t units, const float* const* dx, float* const* lane, Full full, Tail tail) {
+inline void dense_blocks(const uint8_t* lo, int64_t units, const float* const* dx, float* const* lane, Full full,
+                         Tail tail) {
   __m256 facc[MC];
   for (int m = 0; m < MC; ++m) facc[m] = _mm256_setzero_ps();
   const int64_t blocks = units / kQuantSuperUnits;
   __m256i ints[MC];
   for (int64_t b = 0; b < blocks; ++b) {
+    prefetch_low_plane(lo + b * kQuantSuperBlockLowBytes);
     full(b * kQuantSuperUnits, ints);
     for (int m = 0; m < MC; ++m) facc[m] = accumulate_lanes(facc[m], ints[m], dx[m][b]);
   }

@@ -31,7 +31,7 @@ struct Avx512Ops : Avx2Common {
     auto block = [&](int64_t u0, int64_t count, __m256i* ints) {
       block_ints<MC>(lo + u0 / kQuantQuadUnits * kQuantQuadBytes, x, unit_scales, u0, static_cast<int>(count), ints);
     };
-    dense_blocks<MC>(units, dx, lane, [&](int64_t u0, __m256i* ints) { block(u0, kQuantSuperUnits, ints); }, block);
+    dense_blocks<MC>(lo, units, dx, lane, [&](int64_t u0, __m256i* ints) { block(u0, kQuantSuperUnits, ints); }, block);
   }
 
   // The int lanes of units u0 .. u0 + units - 1 (one super-block).

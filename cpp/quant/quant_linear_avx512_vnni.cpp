@@ -205,7 +205,7 @@ void dense_pass(const uint8_t* lo, const int8_t* const* x, const int8_t* const* 
     if (u < end) partial_quad_dot<MC>(acc01, quads_at(u), x, u, static_cast<int>(end - u), unit_scales);
     for (int m = 0; m < MC; ++m) ints[m] = block_lanes(acc01[m], acc23[m]);
   };
-  dense_blocks<MC>(units, dx, lane, full, tail);
+  dense_blocks<MC>(lo, units, dx, lane, full, tail);
 }
 
 struct Avx512VnniOps : Avx2Common {

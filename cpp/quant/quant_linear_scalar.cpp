@@ -32,6 +32,7 @@ struct ScalarOps {
     for (int m = 0; m < MC; ++m) {
       for (int j = 0; j < 8; ++j) lane[m][j] = 0.0f;
       for (int64_t b = 0; b * kQuantSuperUnits < units; ++b) {
+        if (m == 0) prefetch_low_plane(lo + b * kQuantSuperBlockLowBytes);
         int32_t ints[8] = {0, 0, 0, 0, 0, 0, 0, 0};
         for (int64_t u = b * kQuantSuperUnits; u < units && u < (b + 1) * kQuantSuperUnits; ++u) {
           unit_lanes(lo + u / kQuantQuadUnits * kQuantQuadBytes, static_cast<int>(u % kQuantQuadUnits),

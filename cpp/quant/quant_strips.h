@@ -112,7 +112,7 @@ inline void subtract_min_term(const float* min_weights, int64_t groups, const fl
 // Fetches rows [n0, n1) of every weight stream into L2 while the current strip's products run
 // (which touch no memory outside L1/L2): unpacking a strip otherwise waits on DRAM.
 inline void prefetch_strip(const QuantStripArgs& a, int64_t n0, int64_t n1) {
-  prefetch_weight_rows(a.base, n0, n1, [](const char* p) { _mm_prefetch(p, _MM_HINT_T1); });
+  prefetch_weight_rows(a.base, n0, n1, true, [](const char* p) { _mm_prefetch(p, _MM_HINT_T1); });
 }
 
 template <class Product>
