@@ -49,13 +49,26 @@ def _bandwidth_extra(qw: quant.QuantizedWeight, bandwidth: float):
     return extra
 
 
+def _last_level_cache_bytes(default: int = 32 * 2**20) -> int:
+    """The largest CPU cache's size from sysfs (Linux), else `default`."""
+    sizes = []
+    for entry in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"):
+        text = entry.read_text().strip()
+        scale = {"K": 2**10, "M": 2**20, "G": 2**30}.get(text[-1:], 1)
+        try:
+            sizes.append(int(text.rstrip("KMG")) * scale)
+        except ValueError:
+            pass
+    return max(sizes, default=default)
+
+
 def streamed_rows(weights: list[tuple[torch.Tensor, quant.QuantizedWeight]], bandwidth: float,
                   quick: bool) -> list[Row]:
     """Batch 1 as a model's forward pass sees it: each call takes the next of several copies of
-    the weight, together far larger than the caches, so every call reads its weights from DRAM
-    (in the rows above, one weight is reused and may partly stay in the 32 MB L3)."""
+    the weight, together twice the last-level cache or more, so every call reads its weights
+    from DRAM (in the rows above, one weight is reused and may stay in L3)."""
     rows = []
-    total_bytes = (64 if quick else 160) * 2**20
+    total_bytes = (64 if quick else max(160 * 2**20, 2 * _last_level_cache_bytes()))
     for w, qw in weights:
         out_features, in_features = w.shape
         copies = max(2, -(-total_bytes // qw.nbytes))
