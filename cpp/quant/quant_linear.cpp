@@ -186,7 +186,7 @@ at::Tensor quant_linear_cpu(const at::Tensor& x, const at::Tensor& codes_lo, con
   const int64_t thread_scratch_bytes = quant_round_up(quant_linear_scratch_bytes(s), 64);
   // What both paths take, then what only the chosen one takes (the row path: the pairs copy
   // and per-thread row scratch).
-  const int64_t pair_units = pairs ? s.super_blocks * kQuantSuperUnits : 0;
+  const int64_t pair_units = pairs && s.in_features > kQuantPlainHighPassMaxK ? s.super_blocks * kQuantSuperUnits : 0;
   int64_t path_bytes = CallScratch::bytes_for({pairs ? rows * row_codes : 0, pair_units * 4, threads * thread_scratch_bytes});
 #ifndef LMKERNELS_NO_X86_SIMD
   if (strips) path_bytes = strip_scratch_bytes(s, rows, threads);
@@ -225,9 +225,11 @@ at::Tensor quant_linear_cpu(const at::Tensor& x, const at::Tensor& codes_lo, con
     int8_t* xq_pairs = scratch.take<int8_t>(rows * row_codes);
     reorder_units_in_pairs(qa.codes, rows * s.super_blocks, xq_pairs);
     args.xq_pairs = xq_pairs;
-    uint32_t* pair_offsets = scratch.take<uint32_t>(pair_units);
-    for (int64_t u = 0; u < pair_units; ++u) pair_offsets[u] = static_cast<uint32_t>(pair_offset(u));
-    args.pair_offsets = pair_offsets;
+    if (pair_units > 0) {
+      uint32_t* pair_offsets = scratch.take<uint32_t>(pair_units);
+      for (int64_t u = 0; u < pair_units; ++u) pair_offsets[u] = static_cast<uint32_t>(pair_offset(u));
+      args.pair_offsets = pair_offsets;
+    }
   }
   char* thread_scratch = scratch.take<char>(threads * thread_scratch_bytes);
   std::atomic<bool> ok{true};

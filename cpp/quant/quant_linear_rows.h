@@ -71,8 +71,6 @@ constexpr int64_t kQuantSuperBlockLowBytes = kQuantSuperUnits * kQuantUnitBytes;
 LMK_INLINE void prefetch_low_plane(const uint8_t* block) {
   __builtin_prefetch(block + kQuantLowPlanePrefetchBytes);  // never faults, even past the plane's end
 }
-// Longest row whose high pass reads the plain activation copy (see row_chunk).
-constexpr int64_t kQuantPlainHighPassMaxK = 8192;
 
 struct RowScratch {
   float* d_dmin;         // [2 * S8]: (d, dmin) per super-block, zero padded
@@ -220,11 +218,9 @@ void row_chunk(const QuantLinearArgs& a, int64_t n, int64_t m0, const RowScratch
   }
 
   Ops::template row_dot<MC>(a.codes_lo + n * s.lo_stride, x, x_pairs, unit_scales, s.units, dx, lane);
-  // Long rows: the high pass reads the pairs copy where there is one, so that only one copy of
-  // the activations competes with the weight streams for L1 (a row of 14336 codes is 14 KB).
-  // Up to 8192 both copies fit beside the weights, and the plain order's offsets (a shift, no
-  // table load) make 4096x4096 2% faster (1 thread, 0.487 -> 0.478 ms).
-  if (high_ok && a.xq_pairs && s.in_features > kQuantPlainHighPassMaxK) {
+  // The high pass reads the pairs copy when the call gives its offsets (long rows, see
+  // kQuantPlainHighPassMaxK), else the plain copy.
+  if (high_ok && a.pair_offsets) {
     high_dot<Ops, MC, true>(a, n, unit_scales, x_pairs, dx, lane);
   } else if (high_ok) {
     high_dot<Ops, MC, false>(a, n, unit_scales, x, dx, lane);
