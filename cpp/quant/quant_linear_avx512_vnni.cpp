@@ -137,47 +137,58 @@ inline void block_pairs_dot(const BlockTables<kShift>& bt, const uint8_t* block_
 }
 
 // One activation row (batch 1) gets a form with fewer shuffles and multiplies than the tables:
-// the raw codes of the block's four unit pairs (v & 3, (v >> 2) & 3, ...) go through vpdpbusd
-// with the activations, giving per pair 16 int32 lanes of 4 products each (at most 4 * 3 * 127,
-// so each fits an int16). Two pairs' lanes are interleaved as words (the second shifted into
-// the high half of each dword) and one vpdpwssd multiplies each word by its unit's scale code
-// and adds the two: lane t = scale_a * A_t + scale_b * B_t. The scale words are one pshufb of
-// the block's scale bytes. Adding both halves gives the tables' block lanes exactly (lane j:
-// weights 4j .. 4j + 3 of every unit), so the bits do not change. Per block: 4 vpdpbusd and
-// 2 vpdpwssd instead of 4 vpmullw, 8 pshufb and 4 vpdpbusd; on Zen 4 (standalone loop, weights
-// in cache) 14.5 -> 12.8 cycles per block. With more rows the tables win: they are built once
-// for every row, while this form's word steps are per row.
+// the raw codes of the block's four unit pairs go through vpdpbusd with the activations, giving
+// per pair 16 int32 lanes of 4 products each (at most 4 * 3 * 127, so each fits an int16).
+// Two pairs' lanes are interleaved as words and one vpdpwssd multiplies each word by its
+// unit's scale code and adds the two: lane t = scale_a * A_t + scale_b * B_t. The scale words
+// are one pshufb of the block's scale bytes. Adding both halves gives the tables' block lanes
+// exactly (lane j: weights 4j .. 4j + 3 of every unit), so the bits do not change. With more
+// rows the tables win: they are built once for every row, while this form's word steps are
+// per row.
+// At 512 bits shifts, vpdpbusd, vpdpwssd and int-to-float conversion all issue on port 0 only,
+// which bounded the block (13.5 cycles, llvm-mca and measured). So the block takes one shift
+// instead of five: with v2 = v >> 2, the fields v & 3 and v2 & 3 are units (0, 1) of each quad,
+// and v & 0x30, v2 & 0x30 are units (2, 3) times 16 (16 * 1524 still fits an int16), whose
+// vpdpwssd sum is shifted back by 4 (exact: a multiple of 16); and the words are interleaved
+// by a merge-masked pshufb on port 5 instead of a shift and a blend.
 template <int kShift>
 struct SingleRowScales {
   __m512i spread[2];  // pshufb index: dword lanes of (scale of unit p, of unit p + 1) as words, p = 0, 2 (+ 4 in the high half)
+  __m512i low_word_up;  // pshufb index: each dword's low word into its high word
 
   SingleRowScales() {
-    alignas(64) int8_t idx[2][64];
+    alignas(64) int8_t idx[3][64];
     for (int i = 0; i < 64; ++i) {
       const int half = i / 32, byte = i % 4;
       for (int p = 0; p < 2; ++p) {
         const int unit = 2 * p + (byte >= 2 ? 1 : 0) + 4 * half;
         idx[p][i] = (byte % 2) ? -128 : static_cast<int8_t>(unit >> kShift);
       }
+      idx[2][i] = static_cast<int8_t>((i % 16 & ~3) | (i & 1));
     }
     for (int p = 0; p < 2; ++p) spread[p] = _mm512_load_si512(idx[p]);
+    low_word_up = _mm512_load_si512(idx[2]);
   }
 };
 
 template <int kShift>
 inline __m256i block_single_row_dot(const SingleRowScales<kShift>& sr, const uint8_t* block_codes,
                                     const uint8_t* block_scales, const int8_t* xb) {
-  const __m512i three = _mm512_set1_epi8(3), zero = _mm512_setzero_si512();
+  const __m512i zero = _mm512_setzero_si512();
   const __m512i scales = BlockTables<kShift>::scale_codes(block_scales);
-  const __m512i v = _mm512_loadu_si512(block_codes);
+  const __m512i v = _mm512_loadu_si512(block_codes), v2 = _mm512_srli_epi16(v, 2);
   // Units (i, i + 4) of the block's two quads, against xq_pairs' unit order 0 4 1 5 2 6 3 7.
   auto pair_dot = [&](int i) __attribute__((always_inline)) {
-    const __m512i codes = _mm512_and_si512(i == 0 ? v : _mm512_srli_epi16(v, 2 * i), three);
+    const __m512i field = _mm512_set1_epi8(i < 2 ? 3 : 0x30);
+    const __m512i codes = _mm512_and_si512(i % 2 ? v2 : v, field);
     return _mm512_dpbusd_epi32(zero, codes, _mm512_loadu_si512(xb + 2 * i * kQuantUnit));
   };
-  auto words = [](__m512i low, __m512i high) { return _mm512_mask_blend_epi16(0xAAAAAAAAu, low, _mm512_slli_epi32(high, 16)); };
-  __m512i r = _mm512_dpwssd_epi32(zero, words(pair_dot(0), pair_dot(1)), _mm512_shuffle_epi8(scales, sr.spread[0]));
-  r = _mm512_dpwssd_epi32(r, words(pair_dot(2), pair_dot(3)), _mm512_shuffle_epi8(scales, sr.spread[1]));
+  // Dword t: low word from `low`, high word from `high`'s low word (bytes 2, 3 of each dword).
+  auto words = [&](__m512i low, __m512i high) {
+    return _mm512_mask_shuffle_epi8(low, 0xCCCCCCCCCCCCCCCCull, high, sr.low_word_up);
+  };
+  __m512i r = _mm512_dpwssd_epi32(zero, words(pair_dot(2), pair_dot(3)), _mm512_shuffle_epi8(scales, sr.spread[1]));
+  r = _mm512_dpwssd_epi32(_mm512_srai_epi32(r, 4), words(pair_dot(0), pair_dot(1)), _mm512_shuffle_epi8(scales, sr.spread[0]));
   return fold_halves(r);
 }
 
