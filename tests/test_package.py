@@ -67,3 +67,16 @@ def test_environment_variable_typo_is_an_error():
     result = _isa_in_subprocess("avx9000")
     assert result.returncode != 0
     assert "cpu isa must be one of scalar, avx2, avx512, avx512_vnni, amx; got 'avx9000'" in result.stderr
+
+
+@pytest.mark.parametrize("n", range(1, 8))
+def test_bench_orders_give_every_impl_every_predecessor_equally(n):
+    from collections import Counter
+
+    from lmkernels.bench.harness import balanced_orders
+
+    orders = balanced_orders(n)
+    assert all(sorted(order) == list(range(n)) for order in orders)
+    follows = Counter((order[i], order[i + 1]) for order in orders for i in range(n - 1))
+    assert set(follows) == {(a, b) for a in range(n) for b in range(n) if a != b}
+    assert len(set(follows.values())) <= 1

@@ -33,15 +33,35 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def balanced_orders(n: int) -> list[list[int]]:
+    """Orders of range(n) in which each ordered pair (a, b) is adjacent equally often: a
+    Williams design (row 0 = 0, 1, n-1, 2, n-2, ..., row i = row 0 + i mod n; for odd n each
+    row is followed by its reverse)."""
+    first, low, high = [0], 1, n - 1
+    while len(first) < n:
+        first.append(low)
+        low += 1
+        if len(first) < n:
+            first.append(high)
+            high -= 1
+    rows = [[(v + i) % n for v in first] for i in range(n)]
+    if n % 2:
+        rows = [r for row in rows for r in (row, row[::-1])]
+    return rows
+
+
 def compare(core: str, case: str, impls: dict[str, Callable[[], Any]], *, baseline: str,
             quick: bool, device: str = "cpu", min_rounds: int = 5,
             extra: Callable[[str, float], dict[str, Any]] | None = None) -> list[Row]:
     """Time every impl of one case in interleaved rounds, so drift and noise hit all alike.
 
-    Each round starts one impl later in the order, so every impl follows every other one
-    equally often: what one leaves in the caches (a baseline that writes a large temporary
-    leaves dirty lines that cost the next impl's reads up to 2x on a 4 MB-L2 Xeon) is shared
-    out instead of always charged to the same neighbour. At least `min_rounds` rounds, then
+    The rounds' orders form a balanced Latin square (`balanced_orders`), so every impl
+    follows every other one equally often: what one leaves in the caches (a baseline that
+    writes a large temporary leaves dirty lines that cost the next impl's reads up to 2x on a
+    4 MB-L2 Xeon) is shared out instead of always charged to the same neighbour. (Rotating
+    one order, as this did before, keeps each impl's predecessor fixed within a round: the
+    quant bench's kernel always followed dequantize + F.linear and its 67 MB of dirty lines,
+    0.55 ms where it took 0.49 ms after F.linear fp32.) At least `min_rounds` rounds, then
     more until each impl had about 0.3 s (quick) or 1.5 s of samples, at most 200. The machine
     is noisy: medians, never means.
     """
@@ -54,8 +74,9 @@ def compare(core: str, case: str, impls: dict[str, Callable[[], Any]], *, baseli
     start = time.perf_counter()
     rounds = 0
     names = list(impls)
+    orders = balanced_orders(len(names))
     while rounds < min_rounds or (time.perf_counter() - start < min_time_s * len(impls) and rounds < 200):
-        for name in names[rounds % len(names):] + names[:rounds % len(names)]:
+        for name in (names[i] for i in orders[rounds % len(orders)]):
             fn = impls[name]
             t0 = time.perf_counter()
             fn()
