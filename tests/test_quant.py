@@ -301,18 +301,24 @@ def test_linear_row_kernels_refuse_unordered_hi_groups(isa, position):
         quant.linear(x, broken)
 
 
-def test_linear_is_thread_count_invariant():
+@pytest.mark.parametrize("rows", [5, 40, 70])
+def test_linear_is_thread_count_invariant(rows):
+    # 5 rows: the row kernel; 40: the strips (VNNI and AMX); 70 x 512 values: activations
+    # quantized by the threads too. Three threads on two cores: more per-thread scratch regions.
     q = quant.quantize(student_t(300, 512))
-    x = torch.randn(5, 512)
+    x = torch.randn(rows, 512)
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
         one = quant.linear(x, q)
-        torch.set_num_threads(2)
-        two = quant.linear(x, q)
+        results = []
+        for count in (2, 3):
+            torch.set_num_threads(count)
+            results.append(quant.linear(x, q))
     finally:
         torch.set_num_threads(threads)
-    assert torch.equal(one, two)
+    for other in results:
+        assert torch.equal(one, other)
 
 
 def test_linear_close_to_float_weights():
