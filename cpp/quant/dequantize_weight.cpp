@@ -24,8 +24,10 @@ at::Tensor dequantize_weight_cpu(const at::Tensor& codes_lo, const at::Tensor& c
   const auto* sc = scales.data_ptr<uint8_t>();
   const auto* ss = reinterpret_cast<const uint16_t*>(super_scales.data_ptr<at::Half>());
   float* dst = out.data_ptr<float>();
-  // Per group: the 16 possible values (scale * q - min, the same float ops as
-  // dequantize_weight_at), then a table lookup per weight.
+  // Unit by unit (32 weights of one group, one scale and min): the codes of a unit sit at a fixed
+  // shift in 32 consecutive bytes, so the inner loops are straight-line and vectorize. Each
+  // weight is scale * q - min, the float ops of dequantize_weight_at. (Element by element, with a
+  // table per group, a 4096x4096 weight took 20 ms of compute on 2 threads.)
   at::parallel_for(0, s.out_features, 16, [&](int64_t begin, int64_t end) {
     std::vector<int64_t> rank(s.groups);
     for (int64_t r = begin; r < end; ++r) {
@@ -36,17 +38,24 @@ at::Tensor dequantize_weight_cpu(const at::Tensor& codes_lo, const at::Tensor& c
       float* row = dst + r * s.in_features;
       for (int64_t g = 0; g < s.groups; ++g) {
         const GroupScale gs = decode_group_scale(sc[r * s.groups + g], super_row + 2 * super_block_of_group(g, s.units_per_group));
-        float table[16];
-        for (int q = 0; q < 16; ++q) table[q] = gs.scale * static_cast<float>(q) - gs.min;
+        const float scale = gs.scale, min = gs.min;
         const int64_t k_end = std::min((g + 1) * s.group_size, s.in_features);
-        for (int64_t k = g * s.group_size; k < k_end; ++k) {
-          const int64_t unit = k / kQuantUnit;
-          const int lane = static_cast<int>(k % kQuantUnit);
-          int q = unit_code(lo_row, unit, lane);
-          if (rank[g] >= 0) {
-            q += 4 * unit_code(hi, r * s.hi_units + rank[g] * s.units_per_group + unit % s.units_per_group, lane);
+        for (int64_t unit = g * s.units_per_group; unit * kQuantUnit < k_end; ++unit) {
+          const uint8_t* lo_bytes = lo_row + unit / kQuantQuadUnits * kQuantQuadBytes;
+          const int lo_shift = static_cast<int>(2 * (unit % kQuantQuadUnits));
+          const int count = static_cast<int>(std::min<int64_t>(kQuantUnit, k_end - unit * kQuantUnit));
+          float* out = row + unit * kQuantUnit;
+          if (rank[g] < 0) {
+            for (int i = 0; i < count; ++i) out[i] = scale * static_cast<float>((lo_bytes[i] >> lo_shift) & 3) - min;
+            continue;
           }
-          row[k] = table[q];
+          const int64_t hi_unit = r * s.hi_units + rank[g] * s.units_per_group + unit % s.units_per_group;
+          const uint8_t* hi_bytes = hi + hi_unit / kQuantQuadUnits * kQuantQuadBytes;
+          const int hi_shift = static_cast<int>(2 * (hi_unit % kQuantQuadUnits));
+          for (int i = 0; i < count; ++i) {
+            const int q = ((lo_bytes[i] >> lo_shift) & 3) + 4 * ((hi_bytes[i] >> hi_shift) & 3);
+            out[i] = scale * static_cast<float>(q) - min;
+          }
         }
       }
     }
