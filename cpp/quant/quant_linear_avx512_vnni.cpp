@@ -145,8 +145,10 @@ inline void block_pairs_dot(const BlockTables<kShift>& bt, const uint8_t* block_
 // exactly (lane j: weights 4j .. 4j + 3 of every unit), so the bits do not change. With more
 // rows the tables win: they are built once for every row, while this form's word steps are
 // per row.
-// At 512 bits shifts, vpdpbusd, vpdpwssd and int-to-float conversion all issue on port 0 only,
-// which bounded the block (13.5 cycles, llvm-mca and measured). So the block takes one shift
+// At 512 bits shifts, vpdpbusd, vpdpwssd and int-to-float conversion all issue on port 0 only
+// in llvm-mca's Sapphire Rapids model, which bounded the block (13.5 cycles, llvm-mca and
+// measured). (The AMX Xeon of 2026-12-08 runs 1.8 independent vpdpbusd zmm per cycle: there the
+// bound is the block's ~20 512-bit ops on ports 0 and 5 together.) So the block takes one shift
 // instead of five: with v2 = v >> 2, the fields v & 3 and v2 & 3 are units (0, 1) of each quad,
 // and v & 0x30, v2 & 0x30 are units (2, 3) times 16 (16 * 1524 still fits an int16), whose
 // vpdpwssd sum is shifted back by 4 (exact: a multiple of 16); and the words are interleaved
