@@ -39,6 +39,19 @@ struct HighScales {
 };
 constexpr HighScales kHighScales{};
 
+// Bytes (0, 4 s, 8 s, 12 s) of each packed scale byte (s its scale code): a high unit's codes
+// times 4 * s by one pshufb of this dword broadcast (codes 0..3 index a lane's first 4 bytes).
+struct HighCodeScales {
+  uint32_t t[256];
+  constexpr HighCodeScales() : t{} {
+    for (int b = 0; b < 256; ++b) {
+      const uint32_t s = static_cast<uint32_t>(4 * (b & 15));
+      t[b] = (s << 8) | (2 * s << 16) | (3 * s << 24);
+    }
+  }
+};
+constexpr HighCodeScales kHighCodeScales{};
+
 inline __m256i scaled_codes(__m256i nibbles, int pair, int16_t scale) {
   const __m128i table = _mm_load_si128(reinterpret_cast<const __m128i*>(kScaledCodes.t[pair][scale]));
   return _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(table), nibbles);
@@ -113,10 +126,24 @@ struct Avx2Common {
       const uint64_t offset = unit_x_offset<kPairs>(unit, pair_offsets);
       const uint64_t block = unit / kQuantSuperUnits;
       const __m256i codes = _mm256_and_si256(shifted, three);
+#if defined(__AVX512VNNI__)
+      // The same int32 lanes from codes scaled by a pshufb (port 5) and one vpdpbusd, instead
+      // of a word broadcast (a port-5 uop too) and maddubs + madd: one uop fewer per unit and
+      // one fewer on ports 0 and 1, which the high pass's multiplies and float steps share.
+      // Batch 1, 4096x4096, 1 thread: 0.57 -> 0.52 ms (20% of groups at 4 bits), 0.745 -> 0.70
+      // ms (50%); batch 4, 2 threads: 0.85 -> 0.78 ms. (3% slower on an earlier machine.)
+      const __m256i scaled = _mm256_shuffle_epi8(
+          _mm256_set1_epi32(static_cast<int>(kHighCodeScales.t[packed[unit / UPG]])), codes);
+      for (int m = 0; m < MC; ++m) {
+        const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[m] + offset));
+        acc[chain][m] = accumulate_lanes(acc[chain][m], _mm256_dpbusd_epi32(_mm256_setzero_si256(), scaled, xv), dx[m][block]);
+      }
+#else
       const __m256i scale = _mm256_set1_epi16(kHighScales.t[packed[unit / UPG]]);
       for (int m = 0; m < MC; ++m) {
         acc[chain][m] = accumulate_lanes(acc[chain][m], weighted_dot(codes, x[m] + offset, scale), dx[m][block]);
       }
+#endif
     };
     for (int64_t base = -lead; base < count; base += kQuantQuadUnits, quads += kQuantQuadBytes) {
       const __m256i q = load_quad(quads);
