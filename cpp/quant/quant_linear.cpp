@@ -43,18 +43,21 @@ class CallScratch {
     return p;
   }
   // `threads` regions of `bytes` each for the threads to write, every one on pages of its own
-  // and a page away from everything else (returns the first; region t starts at
-  // t * thread_stride(bytes)). When the calling thread's scratch directly followed
+  // and a page away from everything else. When the calling thread's scratch directly followed
   // pair_offsets, which every thread reads each row, the worker's prefetchers ran past its end
   // into that scratch and pulled the lines away each row: a cross-core miss per row, and the
   // calling thread took 1.6x the worker's time per row (2048x4096 batch 1, 2 threads,
   // 0.16 -> 0.13 ms). Starting it on the next page was not far enough; one page between was.
-  char* take_per_thread(int64_t threads, int64_t bytes) {
-    char* p = page_after(next_ + kPage);
-    next_ = p + threads * thread_stride(bytes) + kPage;
-    return p;
+  struct ThreadRegions {
+    char* first;
+    int64_t stride;
+    void* of(int64_t thread) const { return first + thread * stride; }
+  };
+  ThreadRegions take_per_thread(int64_t threads, int64_t bytes) {
+    const ThreadRegions regions{page_after(next_ + kPage), thread_stride(bytes)};
+    next_ = regions.first + threads * regions.stride + kPage;
+    return regions;
   }
-  static int64_t thread_stride(int64_t bytes) { return quant_round_up(bytes, kPage); }
   // Upper bound of what take_per_thread(threads, bytes) uses, for bytes_for.
   static int64_t per_thread_bytes(int64_t threads, int64_t bytes) { return threads * thread_stride(bytes) + 3 * kPage; }
   // Upper bound of what takes of these element counts use (each rounded up to kAlign).
@@ -67,6 +70,7 @@ class CallScratch {
  private:
   static constexpr int64_t kAlign = 64;
   static constexpr int64_t kPage = 4096;
+  static int64_t thread_stride(int64_t bytes) { return quant_round_up(bytes, kPage); }
   static char* page_after(char* p) {
     return reinterpret_cast<char*>((reinterpret_cast<uintptr_t>(p) + kPage - 1) & ~uintptr_t{kPage - 1});
   }
@@ -85,15 +89,14 @@ struct QuantizedActivations {
 constexpr int64_t kActivationParallelMin = 1 << 15;
 
 void quantize_activation_rows(const QuantShape& s, const void* x, at::ScalarType dtype, int64_t rows,
-                              const QuantizedActivations& qa, float* row_scratch) {
+                              const QuantizedActivations& qa, const CallScratch::ThreadRegions& row_scratch) {
   using Kernel = void (*)(const ActivationQuantArgs&, int64_t, int64_t, float*);
   const Kernel kernel = pick_for_isa<Kernel>(LMK_ISA_KERNELS(quantize_activation_rows_));
   const ActivationQuantArgs args{s, x, storage_dtype(dtype), qa.codes, qa.scales, qa.sums};
-  // row_scratch: a region per thread, from CallScratch::take_per_thread.
-  const int64_t thread_floats = CallScratch::thread_stride(s.super_blocks * kQuantSuperBlock * 4) / 4;
-  if (rows * s.in_features < kActivationParallelMin) return kernel(args, 0, rows, row_scratch);
+  auto row = [&](int64_t thread) { return static_cast<float*>(row_scratch.of(thread)); };
+  if (rows * s.in_features < kActivationParallelMin) return kernel(args, 0, rows, row(0));
   at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
-    kernel(args, begin, end, row_scratch + at::get_thread_num() * thread_floats);
+    kernel(args, begin, end, row(at::get_thread_num()));
   });
 }
 
@@ -152,12 +155,11 @@ void quant_linear_strips(const QuantShape& s, const QuantizedActivations& qa, co
   const QuantStripArgs args{packed, tiles, xs, gs, x_stride};
   const StripsKernel kernel = active_isa() == CpuIsa::kAmx ? quant_linear_strips_amx : quant_linear_strips_avx512_vnni;
   const int64_t strips = (s.out_features + kQuantStripRows - 1) / kQuantStripRows;
-  const int64_t thread_scratch_bytes = CallScratch::thread_stride(quant_strip_scratch_bytes(s));
-  char* thread_scratch = scratch.take_per_thread(threads, quant_strip_scratch_bytes(s));
+  const CallScratch::ThreadRegions thread_scratch = scratch.take_per_thread(threads, quant_strip_scratch_bytes(s));
   std::atomic<bool> ok{true};
   at::parallel_for(0, strips, 1, [&](int64_t begin, int64_t end) {
     const int64_t last = std::min(end * kQuantStripRows, s.out_features);
-    if (!kernel(args, begin * kQuantStripRows, last, thread_scratch + at::get_thread_num() * thread_scratch_bytes)) {
+    if (!kernel(args, begin * kQuantStripRows, last, thread_scratch.of(at::get_thread_num()))) {
       ok = false;
     }
   });
@@ -204,12 +206,11 @@ at::Tensor quant_linear_cpu(const at::Tensor& x, const at::Tensor& codes_lo, con
   const int64_t S8 = quant_combine_stride(s.super_blocks), row_codes = s.super_blocks * kQuantSuperBlock;
   const int64_t threads = at::get_num_threads();
   const bool float_out = x.scalar_type() == at::kFloat;
-  const int64_t thread_scratch_bytes = CallScratch::thread_stride(quant_linear_scratch_bytes(s));
   // What both paths take, then what only the chosen one takes (the row path: the pairs copy
   // and per-thread row scratch).
   const int64_t pair_units = pairs && s.in_features > kQuantPlainHighPassMaxK ? s.super_blocks * kQuantSuperUnits : 0;
   int64_t path_bytes = CallScratch::bytes_for({pairs ? rows * row_codes : 0, pair_units * 4,
-                                               CallScratch::per_thread_bytes(threads, thread_scratch_bytes)});
+                                               CallScratch::per_thread_bytes(threads, quant_linear_scratch_bytes(s))});
 #ifndef LMKERNELS_NO_X86_SIMD
   if (strips) path_bytes = strip_scratch_bytes(s, rows, threads);
 #endif
@@ -220,8 +221,7 @@ at::Tensor quant_linear_cpu(const at::Tensor& x, const at::Tensor& codes_lo, con
   const QuantizedActivations qa{scratch.take<int8_t>(rows * row_codes), scratch.take<float>(rows * S8),
                                 scratch.take<int16_t>(rows * s.groups)};
   float* out_f32 = float_out ? out.data_ptr<float>() : scratch.take<float>(rows * s.out_features);
-  quantize_activation_rows(s, xc.data_ptr(), x.scalar_type(), rows, qa,
-                           reinterpret_cast<float*>(scratch.take_per_thread(threads, row_codes * 4)));
+  quantize_activation_rows(s, xc.data_ptr(), x.scalar_type(), rows, qa, scratch.take_per_thread(threads, row_codes * 4));
 
   QuantLinearArgs args{};
   args.shape = s;
@@ -255,7 +255,7 @@ at::Tensor quant_linear_cpu(const at::Tensor& x, const at::Tensor& codes_lo, con
       args.pair_offsets = pair_offsets;
     }
   }
-  char* thread_scratch = scratch.take_per_thread(threads, thread_scratch_bytes);
+  const CallScratch::ThreadRegions thread_scratch = scratch.take_per_thread(threads, quant_linear_scratch_bytes(s));
   std::atomic<bool> ok{true};
   // Threads take blocks of rows from a shared counter instead of one fixed share each: a
   // thread that starts late (a worker woken from sleep, a vCPU the host had parked: up to a
@@ -265,7 +265,7 @@ at::Tensor quant_linear_cpu(const at::Tensor& x, const at::Tensor& codes_lo, con
   const int64_t blocks = (s.out_features + block_rows - 1) / block_rows;
   std::atomic<int64_t> next_block{0};
   at::parallel_for(0, std::min<int64_t>(blocks, threads), 1, [&](int64_t, int64_t) {
-    void* mine = thread_scratch + at::get_thread_num() * thread_scratch_bytes;
+    void* mine = thread_scratch.of(at::get_thread_num());
     for (int64_t b = next_block++; b < blocks; b = next_block++) {
       if (!kernel(args, b * block_rows, std::min(s.out_features, (b + 1) * block_rows), mine)) ok = false;
     }
