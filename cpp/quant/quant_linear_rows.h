@@ -57,18 +57,22 @@
 namespace lmkernels {
 namespace {
 
-constexpr int64_t kQuantPrefetchRows = 2;
-// The low plane (about 70% of a row's bytes) is prefetched inside the dense pass instead, one
-// line per super-block (its 64 bytes of low codes), this far ahead. Rows' planes are contiguous,
-// so a fixed byte distance reaches into the next rows whatever their length. A whole row's
-// lines prefetched in one burst at its start filled the line-fill buffers and stalled the
-// row's own loads: with the weights streamed from DRAM the passes' compute and the memory
-// reads barely overlapped (4096x14336, batch 1, 16 copies in turn, 2 threads: 1.78 -> 1.22 ms;
-// 2048 and 6144 bytes ahead did as well or a little worse).
+// The low plane (about 70% of a row's bytes) is prefetched inside the dense pass, one line per
+// super-block (its 64 bytes of low codes), this far ahead. Rows' planes are contiguous, so a
+// fixed byte distance reaches into the next rows whatever their length. Without it the passes'
+// compute and the memory reads barely overlap with the weights streamed from DRAM (4096x14336,
+// batch 1, 16 copies in turn, 2 threads: 1.78 -> 1.22 ms; 2048 and 6144 bytes ahead did as
+// well or a little worse).
 constexpr int64_t kQuantLowPlanePrefetchBytes = 4096;
 constexpr int64_t kQuantSuperBlockLowBytes = kQuantSuperUnits * kQuantUnitBytes;
 
-LMK_INLINE void prefetch_low_plane(const uint8_t* block) {
+// The smaller streams (scales, super-block scales, hi_groups, the high plane) are left to the
+// hardware prefetchers. Their software prefetch (two rows ahead, and the next strip into L2 in
+// quant_strips.h) had never run: GCC 12 deems a function whose only effect is a prefetch
+// const and drops every call to it. Made to run, it was no faster (4096x14336 from DRAM 1.00
+// ms either way) and the strips' burst of a whole strip's lines made batch 8-64 8-10% slower.
+// Hence also always_inline here: this prefetch survives only inside the dense loop.
+__attribute__((always_inline)) LMK_INLINE void prefetch_low_plane(const uint8_t* block) {
   __builtin_prefetch(block + kQuantLowPlanePrefetchBytes);  // never faults, even past the plane's end
 }
 
@@ -236,32 +240,6 @@ void row_chunk(const QuantLinearArgs& a, int64_t n, int64_t m0, const RowScratch
   }
 }
 
-// Prefetches rows [n0, n1) of every weight stream (but the low plane without `with_low_plane`),
-// one cache line at a time, with the callable `prefetch(const char*)`: a row is several short
-// runs in separate arrays (codes, scales, high plane, ...), too many streams for the hardware
-// prefetchers to follow.
-template <class Prefetch>
-LMK_INLINE void prefetch_weight_rows(const QuantLinearArgs& a, int64_t n0, int64_t n1, bool with_low_plane,
-                                     Prefetch prefetch) {
-  const QuantShape& s = a.shape;
-  auto touch = [&](const void* base, int64_t bytes) {
-    const char* p = static_cast<const char*>(base);
-    for (int64_t i = 0; i < bytes; i += 64) prefetch(p + i);
-  };
-  const int64_t rows = n1 - n0;
-  if (with_low_plane) touch(a.codes_lo + n0 * s.lo_stride, rows * s.lo_stride);
-  touch(a.scales + n0 * s.groups, rows * s.groups);
-  touch(a.super_scales + n0 * s.super_blocks * 2, rows * s.super_blocks * 4);
-  touch(a.hi_groups + n0 * s.num_hi, rows * s.num_hi * 2);
-  touch(a.codes_hi + n0 * s.hi_units * kQuantUnitBytes, rows * s.hi_units * kQuantUnitBytes);
-}
-
-// Row n's small streams into L1 ahead of use: at batch 1 each row is read once and used for a
-// few hundred cycles. The dense pass prefetches the low plane.
-LMK_INLINE void prefetch_row(const QuantLinearArgs& a, int64_t n) {
-  prefetch_weight_rows(a, n, n + 1, false, [](const char* p) { __builtin_prefetch(p); });
-}
-
 template <class Ops>
 bool quant_rows(const QuantLinearArgs& a, int64_t begin, int64_t end, void* scratch) {
   const QuantShape& s = a.shape;
@@ -272,7 +250,6 @@ bool quant_rows(const QuantLinearArgs& a, int64_t begin, int64_t end, void* scra
   for (int64_t i = 0; i < kQuantRowChunk * S8; ++i) rs.msum[i] = 0;
   bool ok = true;
   for (int64_t n = begin; n < end; ++n) {
-    if (n + kQuantPrefetchRows < end) prefetch_row(a, n + kQuantPrefetchRows);
     // Decode this row's super-block scales once, off the inner loop, for every activation row.
     // A bad row skips its high pass (nothing is read through its hi_groups); the caller raises.
     const bool high_ok = hi_groups_valid(s, a.hi_groups + n * s.num_hi);

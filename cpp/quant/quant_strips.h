@@ -109,12 +109,6 @@ inline void subtract_min_term(const float* min_weights, int64_t groups, const fl
   for (int r = 0; r < kQuantStripRows; ++r) _mm512_store_ps(acc + r * 16, rows[r]);
 }
 
-// Fetches rows [n0, n1) of every weight stream into L2 while the current strip's products run
-// (which touch no memory outside L1/L2): unpacking a strip otherwise waits on DRAM.
-inline void prefetch_strip(const QuantStripArgs& a, int64_t n0, int64_t n1) {
-  prefetch_weight_rows(a.base, n0, n1, true, [](const char* p) { _mm_prefetch(p, _MM_HINT_T1); });
-}
-
 template <class Product>
 bool strip_rows(const QuantStripArgs& a, int64_t begin, int64_t end, void* scratch, Product product) {
   const QuantShape& s = a.base.shape;
@@ -148,7 +142,6 @@ bool strip_rows(const QuantStripArgs& a, int64_t begin, int64_t end, void* scrat
       strip_row_scales(s, a.base.scales + n * s.groups, a.base.super_scales + n * S * 2, min_weights + r * s.groups,
                        d + r * S);
     }
-    if (n0 + kQuantStripRows < end) prefetch_strip(a, n0 + kQuantStripRows, std::min(end, n0 + 2 * kQuantStripRows));
     for (int64_t t = 0; t < m_tiles; ++t) {
       product(strip, a.x_tiles + t * kp * kQuantStripCols, S, d, a.xscale_t + t * kQuantStripCols, a.x_stride, c, acc);
       subtract_min_term(min_weights, s.groups, a.group_sums + t * kQuantStripCols, a.x_stride, acc);
