@@ -121,8 +121,8 @@ def run(quick: bool, out_dir: Path | None = None) -> list[Row]:
                                 extra=_bandwidth_extra(qw, bandwidth))
                 # Our dequantize-then-linear gets rounds of its own, against bf16 F.linear timed
                 # in them too (its row's ratio; that second bf16 row is not shown). Each call
-                # allocates and fills a new float32 weight (67 MB at 4096x4096: 37 ms, half of
-                # it page faults), and in the same rounds its aftermath slowed every call after
+                # allocates and fills a new float32 weight (67 MB at 4096x4096, most of its time
+                # page faults), and in the same rounds its aftermath slowed every call after
                 # it by a third (4096x4096 batch 1: bf16 F.linear 1.44 -> 1.91 ms, ours 0.36 ->
                 # 0.47), which no model's forward pass has between its matmuls.
                 dequantized = {"F.linear bf16": bf16_linear,
